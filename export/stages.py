@@ -1,0 +1,124 @@
+"""One torch module per exported stage graph, and the dynamo export of each.
+
+The stages are thin views over a trained `VQTransformer` (no copied weights), so the graphs
+compute exactly what `VQTransformer.forward` computes, cut where the runtime needs to cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from vqinc.model.transformer import VQTransformer, causal_attention
+from vqinc.ops import functions
+from vqinc.ops.domain import ONNX_OPSET
+from vqinc.ops.torch_ops import attach_functions, custom_translation_table
+
+ROWS = torch.export.Dim("n", min=1, max=1 << 16)
+# The exporter logs a warning per missing torchvision op on every export: noise for us.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+class Embed(nn.Module):
+    def __init__(self, m: VQTransformer):
+        super().__init__()
+        self.m = m
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.m.embed(ids, positions)  # (n, d)
+
+
+class QKV(nn.Module):
+    def __init__(self, m: VQTransformer, layer_idx: int):
+        super().__init__()
+        self.block = m.layers[layer_idx]
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor):
+        return self.block.qkv(x, positions)  # (n, H, dh), (n, Hkv, dh), (n, Hkv, dh)
+
+
+class Encode(nn.Module):
+    def __init__(self, m: VQTransformer, layer_idx: int):
+        super().__init__()
+        self.vq = m.layers[layer_idx].vq
+
+    def forward(self, attn: torch.Tensor):
+        return torch.ops.vqinc.vq_encode_margin(attn, self.vq.codebook)  # (n, H) i64, (n, H) f32
+
+
+class Post(nn.Module):
+    def __init__(self, m: VQTransformer, layer_idx: int):
+        super().__init__()
+        self.block = m.layers[layer_idx]
+
+    def forward(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return self.block.post_codes(x, codes)  # (n, d)
+
+
+class Final(nn.Module):
+    def __init__(self, m: VQTransformer):
+        super().__init__()
+        self.norm = m.final_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+class Head(nn.Module):
+    def __init__(self, m: VQTransformer):
+        super().__init__()
+        self.classifier = m.classifier
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pooled)  # (1, C)
+
+
+class Full(nn.Module):
+    """The monolithic graph: ids (n,) -> logits (1, C), codes (L, n, H). Same math as the stages."""
+
+    def __init__(self, m: VQTransformer):
+        super().__init__()
+        self.m = m
+
+    def forward(self, ids: torch.Tensor):
+        m = self.m
+        positions = torch.arange(ids.shape[0], device=ids.device)
+        x = m.embed(ids, positions)
+        codes = []
+        for block in m.layers:
+            q, k, v = block.qkv(x, positions)
+            c = block.vq.encode(causal_attention(q, k, v))
+            codes.append(c)
+            x = block.post_codes(x, c)
+        hidden = m.final_norm(x)
+        pooled = hidden.mean(0, keepdim=True) if m.cfg.pooling == "mean" else hidden[-1:]
+        return m.classifier(pooled), torch.stack(codes)
+
+
+def export_graph(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
+                 path: Path, dynamic: dict[str, int] | None = None) -> onnx.ModelProto:
+    """Dynamo-export `module` with a dynamic row axis on each named input; attach vqinc functions."""
+    dynamic = dynamic if dynamic is not None else {n: 0 for n in input_names}
+    shapes = tuple({dynamic[n]: ROWS} if n in dynamic else None for n in input_names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            module.eval(), args, dynamo=True, dynamic_shapes=shapes, opset_version=ONNX_OPSET,
+            input_names=input_names, output_names=output_names,
+            custom_translation_table=custom_translation_table(), verbose=False, optimize=True,
+        )
+    proto = attach_functions(prog.model_proto)
+    onnx.save_model(proto, str(path))
+    return proto
+
+
+def write_attention_graph(path: Path, head_dim: int) -> onnx.ModelProto:
+    """The shared AttentionPartial graph (no weights): one custom node with its function body."""
+    proto = functions.make_op_model("AttentionPartial", scale=float(head_dim) ** -0.5)
+    onnx.save_model(proto, str(path))
+    return proto

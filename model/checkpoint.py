@@ -1,0 +1,60 @@
+"""Checkpoints: `model.safetensors` + `config.json` (ModelConfig and provenance) + `tokenizer.json`.
+
+Everything the exporter needs sits in one directory; nothing refers back to the base model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
+from vqinc.model.config import ModelConfig
+from vqinc.model.transformer import VQTransformer
+
+CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
+
+
+def save_checkpoint(model: VQTransformer, tokenizer: Tokenizer, out_dir: str | Path,
+                    info: dict[str, Any] | None = None) -> Path:
+    """Write the three files; `info` (training recipe, metrics) is stored beside the config."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS))
+    blob = {"format": "vqinc-checkpoint", "version": 1, "model": model.cfg.to_dict(), "info": info or {}}
+    (out / CONFIG).write_text(json.dumps(blob, indent=2))
+    tokenizer.save(str(out / TOKENIZER))
+    return out
+
+
+def load_checkpoint(path: str | Path) -> tuple[VQTransformer, Tokenizer, dict[str, Any]]:
+    """(model in eval mode, tokenizer, info); clear errors naming the missing or bad file."""
+    d = Path(path)
+    if not d.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {d} does not exist")
+    for name in (CONFIG, WEIGHTS, TOKENIZER):
+        if not (d / name).is_file():
+            raise FileNotFoundError(f"checkpoint {d}: missing {name}")
+    try:
+        blob = json.loads((d / CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{d / CONFIG}: not valid JSON ({e})") from e
+    if blob.get("format") != "vqinc-checkpoint":
+        raise ValueError(f"{d / CONFIG}: not a vqinc checkpoint (format={blob.get('format')!r})")
+    cfg = ModelConfig.from_dict(blob["model"])
+    model = VQTransformer(cfg)
+    state = load_file(str(d / WEIGHTS))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{d / WEIGHTS}: weights do not match config.json (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
+    tok = Tokenizer.from_file(str(d / TOKENIZER))
+    if tok.get_vocab_size() > cfg.arch.vocab_size:
+        raise ValueError(f"{d / TOKENIZER}: vocabulary {tok.get_vocab_size()} exceeds the model's "
+                         f"{cfg.arch.vocab_size}")
+    return model.eval(), tok, blob.get("info", {})

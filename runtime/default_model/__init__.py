@@ -1,0 +1,1 @@
+"""The bundled default model (a model directory; see ARCHITECTURE.md)."""
