@@ -41,6 +41,7 @@ class Document:
     def __init__(self, model: Model, text: str = "", _ids: list[int] | None = None):
         self.model = model
         self.history: list[EditStats] = []
+        self._pending: list[int] | None = None
         if _ids is None:
             self._tok: TokenizedText | None = TokenizedText.build(model.tokenizer, _check_text(text))
             ids = list(self._tok.ids)
@@ -59,21 +60,21 @@ class Document:
     @property
     def token_ids(self) -> np.ndarray:
         """Token ids without the leading BOS."""
-        return self._state.ids[1:].copy()
+        return self.state.ids[1:].copy()
 
     @property
     def logits(self) -> np.ndarray:
-        return self._state.logits.copy()
+        return self.state.logits.copy()
 
     @property
     def probs(self) -> np.ndarray:
-        z = self._state.logits.astype(np.float64)
+        z = self.state.logits.astype(np.float64)
         e = np.exp(z - z.max())
         return e / e.sum()
 
     @property
     def label(self) -> str:
-        return self.model.labels[int(np.argmax(self._state.logits))]
+        return self.model.labels[int(np.argmax(self.state.logits))]
 
     @property
     def stats(self) -> EditStats:
@@ -83,10 +84,11 @@ class Document:
     @property
     def codes(self) -> np.ndarray:
         """(L, n, H) attention codes in position order (BOS row included)."""
-        return np.stack([layer.codes[self._state.order] for layer in self._state.layers])
+        st = self.state
+        return np.stack([layer.codes[st.order] for layer in st.layers])
 
     def nbytes(self) -> int:
-        return self._state.nbytes()
+        return self.state.nbytes()
 
     # -- edits -------------------------------------------------------------------------------
     def edit(self, start: int, end: int, text: str) -> EditStats:
@@ -108,7 +110,7 @@ class Document:
 
     def edit_tokens(self, pos: int, n_delete: int, ids: list[int] | np.ndarray) -> EditStats:
         """Replace tokens [pos, pos + n_delete) (BOS excluded) by `ids`; the text becomes their decoding."""
-        n = self._state.n - 1
+        n = self.state.n - 1
         for name, v in (("pos", pos), ("n_delete", n_delete)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
                 raise TypeError(f"{name} must be an int, got {type(v).__name__}")
@@ -140,6 +142,17 @@ class Document:
             raise ValueError(f"the document would be {new_len} tokens; this model takes at most "
                              f"{self.model.max_positions - 1} (cut the text or split it into windows)")
 
+    @property
+    def state(self) -> DocState:
+        """The numeric state, rebuilt first if a failed edit left it pending."""
+        if self._pending is not None:
+            ids = self._pending
+            n_hist = len(self.history)
+            self._build(ids)
+            del self.history[n_hist:]
+            self._pending = None
+        return self._state
+
     def _build(self, ids: list[int]) -> None:
         m = self.model
         self._state = DocState.empty(m.num_layers, m.d_model, m.num_heads, m.num_kv_heads, m.head_dim,
@@ -147,12 +160,17 @@ class Document:
         self.history.append(m.engine.apply(self._state, 0, 0, np.asarray([m.bos_token_id, *ids], np.int64)))
 
     def _apply(self, pos: int, n_delete: int, ids: list[int]) -> EditStats:
-        before = self._state.ids[1:].tolist()
+        before = self.state.ids[1:].tolist()
         try:
             stats = self.model.engine.apply(self._state, pos + 1, n_delete, np.asarray(ids, np.int64))
         except BaseException:
-            self._build(before)  # restore exactly the previous document, then report the failure
-            self.history.pop()
+            # Restore exactly the previous document, then report the failure. If the rebuild fails too
+            # (a lost device), it is retried on the next access instead.
+            self._pending = before
+            try:
+                self.state  # noqa: B018
+            except BaseException:
+                pass
             raise
         self.history.append(stats)
         return stats

@@ -1,0 +1,127 @@
+"""Replay of real edit histories through incremental documents, with per-edit statistics.
+
+Shared by `vqinc replay`, `vqinc demo` and the benchmarks. A long text is followed through an
+`EditWindow` of at most `max_tokens` tokens; edits outside the window do not touch the document.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vqinc.runtime.engine import EditStats
+from vqinc.runtime.model import Model
+from vqinc.runtime.traces import Trace
+from vqinc.runtime.window import EditWindow
+
+
+@dataclass
+class RevisionResult:
+    doc_id: str
+    revision: str
+    num_edits: int
+    label: str
+    prob: float
+    ms: float
+    macs: int
+    full_macs: int
+    num_tokens: int
+
+
+@dataclass
+class ReplaySummary:
+    edits: list[EditStats] = field(default_factory=list)
+    revisions: list[RevisionResult] = field(default_factory=list)
+    label_changes: int = 0
+    skipped_edits: int = 0
+    """Atomic edits that fell outside the window (no work to do)."""
+
+    def table(self) -> str:
+        """A short markdown summary: per-edit wall time, ops saved, label changes."""
+        if not self.edits:
+            return "no edits replayed"
+        ms = np.array([e.wall_ms for e in self.edits])
+        ratio = np.array([e.savings for e in self.edits])
+        macs = np.array([e.macs for e in self.edits], dtype=np.float64)
+        full = np.array([e.full_macs for e in self.edits], dtype=np.float64)
+        toks = np.array([e.num_tokens for e in self.edits])
+        rows = [
+            ("atomic edits replayed", f"{len(self.edits)} ({self.skipped_edits} outside the window)"),
+            ("revisions", f"{len(self.revisions)}"),
+            ("document tokens (median)", f"{np.median(toks):.0f}"),
+            ("ms per edit (median / p90)", f"{np.median(ms):.2f} / {np.percentile(ms, 90):.2f}"),
+            ("MACs per edit (median)", f"{np.median(macs):,.0f} vs full {np.median(full):,.0f}"),
+            ("ops saved (median ratio / total ratio)", f"{np.median(ratio):.1f}x / {full.sum() / macs.sum():.1f}x"),
+            ("label changes", f"{self.label_changes}"),
+            ("near-tie codes (margin < 1e-5)", f"{sum(e.near_ties for e in self.edits)}"),
+        ]
+        w = max(len(k) for k, _ in rows)
+        return "\n".join([f"| {'metric':<{w}} | value |", f"|{'-' * (w + 2)}|-------|"]
+                         + [f"| {k:<{w}} | {v} |" for k, v in rows])
+
+
+def initial_window(model: Model, text: str, max_tokens: int, center: int | None = None) -> EditWindow:
+    """The widest character window around `center` whose tokenisation fits in `max_tokens`."""
+    limit = min(max_tokens, model.max_positions - 1)
+    enc = model.tokenizer.encode(text, add_special_tokens=False)
+    if len(enc.ids) <= limit:
+        return EditWindow(0, len(text))
+    offsets = enc.offsets
+    center = len(text) // 2 if center is None else center
+    c_tok = next((i for i, (a, _) in enumerate(offsets) if a >= center), len(offsets) - 1)
+    lo = max(0, min(c_tok - limit // 2, len(offsets) - limit))
+    # a little slack: re-tokenising a window may split its edge tokens differently
+    lo_char, hi_char = offsets[lo][0], offsets[lo + limit - 8][1]
+    return EditWindow(lo_char, hi_char)
+
+
+def replay_trace(
+    model: Model,
+    trace: Trace,
+    max_tokens: int = 1024,
+    summary: ReplaySummary | None = None,
+    on_revision: Callable[[RevisionResult], None] | None = None,
+    max_revisions: int | None = None,
+    edits_hook: Callable[[Iterable], Iterable] | None = None,
+) -> ReplaySummary:
+    """Apply every atomic edit of `trace` to a windowed document; collect stats per edit and revision."""
+    summary = summary or ReplaySummary()
+    text = trace.base
+    edits_all = [e for rev in trace.revisions for e in rev.edits]
+    center = int(np.median([e.at for e in edits_all])) if edits_all else None
+    win = initial_window(model, text, max_tokens, center)
+    doc = model.document(text[win.start:win.end])
+    prev_label = doc.label
+    for k, rev in enumerate(trace.revisions):
+        if max_revisions is not None and k >= max_revisions:
+            break
+        t0, n0, macs, full = time.perf_counter(), len(summary.edits), 0, 0
+        edits = edits_hook(rev.edits) if edits_hook else rev.edits
+        for e in edits:
+            text = text[:e.at] + e.insert + text[e.at + e.delete:]
+            local = win.local(e.at, e.delete, e.insert)
+            if local is None:
+                summary.skipped_edits += 1
+                continue
+            try:
+                st = doc.edit(*local)
+            except ValueError:  # the window outgrew the model: re-centre it (one large splice)
+                mid = (win.start + win.end) // 2
+                win = initial_window(model, text, max_tokens, mid)
+                st = doc.set_text(text[win.start:win.end])
+            summary.edits.append(st)
+            macs, full = macs + st.macs, full + st.full_macs
+        assert doc.text == text[win.start:win.end], "window drifted from the text"
+        if doc.label != prev_label:
+            summary.label_changes += 1
+            prev_label = doc.label
+        res = RevisionResult(trace.doc_id, str(rev.id), len(summary.edits) - n0, doc.label,
+                             float(doc.probs.max()), (time.perf_counter() - t0) * 1e3, macs, full,
+                             len(doc.token_ids))
+        summary.revisions.append(res)
+        if on_revision:
+            on_revision(res)
+    return summary

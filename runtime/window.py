@@ -1,0 +1,41 @@
+"""A character window that follows a long text through its edits.
+
+Real documents (PEPs) run to tens of thousands of tokens, more than a model's window. The window
+[start, end) covers the same stretch of original content while the text is edited: edits before
+it shift it, edits inside it resize it, edits after it leave it alone, edits across a boundary are
+clipped. `local` turns a full-text edit into the edit of the window's text (or None).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EditWindow:
+    start: int
+    end: int
+
+    def local(self, at: int, delete: int, insert: str) -> tuple[int, int, str] | None:
+        """Apply the full-text edit to the window bounds; return the window-relative (start, end, text)."""
+        a, b = at, at + delete
+        if b <= self.start and not (a == b == self.start and self.start > 0):  # entirely before
+            shift = len(insert) - delete
+            self.start += shift
+            self.end += shift
+            return None
+        if a >= self.end and not (a == self.end and self.start == self.end):  # entirely after
+            return None
+        lo, hi = max(a, self.start), min(b, self.end)
+        cut_before = max(0, self.start - a)  # deleted chars before the window
+        local = (lo - self.start, hi - self.start, insert)
+        self.start -= cut_before
+        self.end += len(insert) - delete
+        return local
+
+    @classmethod
+    def around(cls, text_len: int, center: int, width: int) -> EditWindow:
+        """A window of `width` chars centred on `center`, inside [0, text_len]."""
+        width = min(width, text_len)
+        start = max(0, min(center - width // 2, text_len - width))
+        return cls(start, start + width)

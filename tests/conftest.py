@@ -1,0 +1,99 @@
+"""Shared fixtures: a tiny byte-level BPE and tiny VQ models (2 layers, d=16) exported once per session.
+
+The weights are drawn with a large scale so attention is peaked and codes really change under
+edits (a freshly initialised model at std 0.02 attends almost uniformly and never flips a code).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True)
+settings.register_profile("dev", max_examples=30, deadline=None, derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+CORPUS = (
+    "The proposal adds a keyword to the grammar. Existing code keeps working; the new form is opt-in.\n"
+    "An utterly charming film, though its second half drags and the ending is rushed.\n"
+    "Rejected ideas: a decorator, a context manager, and a new builtin function were all considered.\n"
+    "Backwards compatibility is preserved: nothing that parses today changes meaning tomorrow.\n"
+)
+
+# (family, positions, num_kv_heads): every positional mode, both architectures, GQA included.
+CONFIGS = {
+    "llama-none": ("llama", "none", 2),
+    "llama-rope": ("llama", "rope", 2),
+    "opt-learned": ("opt", "learned", 4),
+}
+
+
+@dataclass
+class Exported:
+    name: str
+    torch_model: object
+    tokenizer: object
+    model_dir: Path
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([CORPUS] * 20, trainer)
+    return tok
+
+
+def make_tiny_model(family: str, positions: str, num_kv_heads: int, vocab: int, seed: int = 0,
+                    num_codes: int = 8, residual: bool = False):
+    import torch
+
+    from vqinc.model.adapt import scratch_model
+    from vqinc.model.config import ArchConfig, VQConfig
+
+    arch = ArchConfig(family=family, vocab_size=vocab, d_model=16, num_layers=2, num_heads=4,
+                      num_kv_heads=num_kv_heads, d_ff=32, max_positions=256, bos_token_id=0)
+    vq = VQConfig(num_codes=num_codes, residual=residual, residual_heads=4)
+    model = scratch_model(arch, ("neg", "pos"), positions=positions, vq=vq, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tokenizer) -> dict[str, Exported]:
+    """All tiny configs, exported once per test session."""
+    from vqinc.export.exporter import export_model
+
+    out = {}
+    for name, (family, positions, kv) in CONFIGS.items():
+        model = make_tiny_model(family, positions, kv, tokenizer.get_vocab_size())
+        d = tmp_path_factory.mktemp(name)
+        export_model((model, tokenizer), d, show_progress=False)
+        out[name] = Exported(name, model, tokenizer, d)
+    return out
+
+
+@pytest.fixture(scope="session")
+def loaded(exported):
+    """Runtime `Model`s of every tiny config."""
+    from vqinc.runtime.model import Model
+
+    return {name: Model.load(e.model_dir, threads=1) for name, e in exported.items()}

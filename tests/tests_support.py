@@ -1,0 +1,17 @@
+"""Helpers shared by test modules (pytest puts tests/ on sys.path: rootdir conftest)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Pieces that exercise the tokenizer: words, spaces, punctuation, newlines, multi-byte characters.
+WORDS = ["the", " proposal", " film", " ", "  ", ",", ".", "\n", "é", "日本", "🙂", "x", " grammar", "-", "'s"]
+
+
+def assert_same_as_fresh(model, doc) -> None:
+    """doc (after edits) == model.document(doc.text): tokens, codes exactly; logits within 1e-4."""
+    ref = model.document(doc.text)
+    assert doc.token_ids.tolist() == ref.token_ids.tolist()
+    flips = int((doc.codes != ref.codes).sum())
+    assert flips == 0, f"{flips} codes differ from a fresh run"
+    np.testing.assert_allclose(doc.logits, ref.logits, atol=1e-4, rtol=0)
