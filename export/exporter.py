@@ -66,7 +66,8 @@ def export_model(
     model = model.eval()
     cfg = model.cfg
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
+    foreign = [p for p in out.iterdir() if p.name not in ("__init__.py", "__pycache__")] if out.exists() else []
+    if foreign and not (out / MANIFEST).exists():
         raise FileExistsError(f"{out} exists and is not a vqinc model directory; refusing to write into it")
     out.mkdir(parents=True, exist_ok=True)
     specs = graph_specs(cfg)

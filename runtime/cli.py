@@ -205,10 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("train", "bench"):  # their flags belong to another parser (REMAINDER can't take them)
+        a = argparse.Namespace(cmd=argv[0], args=argv[1:], fn=cmd_train if argv[0] == "train" else cmd_bench)
+    else:
+        a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
         print(f"vqinc {a.cmd}: error: {e}", file=sys.stderr)
         return 2
 

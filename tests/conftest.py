@@ -66,7 +66,7 @@ def make_tiny_model(family: str, positions: str, num_kv_heads: int, vocab: int, 
     model = scratch_model(arch, ("neg", "pos"), positions=positions, vq=vq, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 2:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     return model.eval()

@@ -1,0 +1,75 @@
+"""Exported graphs vs PyTorch: stage chain and monolithic graph, onnx.checker, manifest contents."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import CONFIGS, make_tiny_model
+from vqinc.export.exporter import export_model
+from vqinc.export.verify import verify
+from vqinc.runtime.manifest import graph_files, load_manifest
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_verify_stage_chain_and_monolithic_against_pytorch(exported, name):
+    e = exported[name]
+    report = verify((e.torch_model, e.tokenizer), e.model_dir)
+    assert report.ok, report.table()
+    assert len(report.rows) == 3
+    assert all(r.full_code_mismatches == 0 and r.stage_code_mismatches == 0 for r in report.rows)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_monolithic_equals_stage_chain(loaded, name):
+    model = loaded[name]
+    for text in ("x", "The proposal adds a keyword to the grammar, and 日本 🙂 too."):
+        doc = model.document(text)
+        logits, codes = model.full_logits(text)
+        assert (codes == doc.codes).all()
+        np.testing.assert_allclose(logits, doc.logits, atol=1e-4)
+
+
+def test_one_custom_node_per_vq_op(exported):
+    d = exported["llama-none"].model_dir
+    enc = onnx.load(str(d / "layers.0.encode.onnx"))
+    post = onnx.load(str(d / "layers.0.post.onnx"))
+    assert [n.op_type for n in enc.graph.node if n.domain == "vqinc"] == ["VQEncodeMargin"]
+    assert [n.op_type for n in post.graph.node if n.domain == "vqinc"] == ["VQDecode"]
+    assert {f.name for f in enc.functions} >= {"VQEncodeMargin"}
+    attn = onnx.load(str(d / "attention.onnx"))
+    assert [n.op_type for n in attn.graph.node] == ["AttentionPartial"]
+
+
+def test_manifest_records_sizes_macs_and_dynamic_rows(exported):
+    d = exported["llama-rope"].model_dir
+    m = load_manifest(d)
+    raw = json.loads((d / "manifest.json").read_text())
+    assert raw["format_version"] == 1
+    assert m.positions == "rope" and m.num_layers == 2
+    assert set(m.file_sizes) == {*graph_files(m), "tokenizer.json"}
+    a = m.arch
+    assert m.graphs["qkv"].macs_per_row == a["d_model"] * (a["num_heads"] + 2 * a["num_kv_heads"]) * 4
+    assert m.graphs["encode"].macs_per_row == 8 * a["d_model"]
+    for rel in graph_files(m):
+        g = onnx.load(str(d / rel)).graph
+        if rel != "head.onnx":
+            dims = g.input[0].type.tensor_type.shape.dim
+            assert dims[0].dim_param, f"{rel}: row axis is not dynamic"
+
+
+def test_residual_vq_exports_and_matches(tmp_path, tokenizer):
+    model = make_tiny_model("llama", "none", 2, tokenizer.get_vocab_size(), residual=True)
+    export_model((model, tokenizer), tmp_path / "m", show_progress=False, full_graph=True)
+    report = verify((model, tokenizer), tmp_path / "m", check_graphs=False)
+    assert report.ok, report.table()
+
+
+def test_export_refuses_foreign_directory(tmp_path, exported):
+    (tmp_path / "other.txt").write_text("x")
+    e = exported["llama-none"]
+    with pytest.raises(FileExistsError):
+        export_model((e.torch_model, e.tokenizer), tmp_path, show_progress=False)
