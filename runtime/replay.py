@@ -38,6 +38,8 @@ class ReplaySummary:
     label_changes: int = 0
     skipped_edits: int = 0
     """Atomic edits that fell outside the window (no work to do)."""
+    document: object = None
+    """The Document being replayed (the latest one)."""
 
     def table(self) -> str:
         """A short markdown summary: per-edit wall time, ops saved, label changes."""
@@ -93,7 +95,7 @@ def replay_trace(
     edits_all = [e for rev in trace.revisions for e in rev.edits]
     center = int(np.median([e.at for e in edits_all])) if edits_all else None
     win = initial_window(model, text, max_tokens, center)
-    doc = model.document(text[win.start:win.end])
+    doc = summary.document = model.document(text[win.start:win.end])
     prev_label = doc.label
     for k, rev in enumerate(trace.revisions):
         if max_revisions is not None and k >= max_revisions:
@@ -108,9 +110,10 @@ def replay_trace(
                 continue
             try:
                 st = doc.edit(*local)
-            except ValueError:  # the window outgrew the model: re-centre it (one large splice)
-                mid = (win.start + win.end) // 2
-                win = initial_window(model, text, max_tokens, mid)
+            except ValueError:  # the window outgrew the model
+                st = None
+            if st is None or len(doc.token_ids) > 1.5 * max_tokens:  # re-centre it: one large splice
+                win = initial_window(model, text, max_tokens, (win.start + win.end) // 2)
                 st = doc.set_text(text[win.start:win.end])
             summary.edits.append(st)
             macs, full = macs + st.macs, full + st.full_macs

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-
 from conftest import CONFIGS, make_tiny_model
+
 from vqinc.export.exporter import export_model
 from vqinc.export.verify import verify
 from vqinc.runtime.manifest import graph_files, load_manifest

@@ -1,0 +1,99 @@
+"""The `vqinc` command line on real inputs: info, run, replay (trace file and git history), demo."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vqinc.runtime.cli import main
+from vqinc.runtime.model import Model, default_model_dir
+from vqinc.runtime.replay import replay_trace
+from vqinc.runtime.traces import read_trace_file
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "pep-revisions.jsonl.gz"
+
+
+def _git_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    texts = ["The proposal adds a keyword.\n", "The proposal adds a new keyword.\nIt is opt-in.\n",
+             "The film adds a new keyword.\nIt is opt-in, and charming.\n"]
+    for i, t in enumerate(texts):
+        (repo / "doc.txt").write_text(t)
+        subprocess.run(["git", *env, "-C", str(repo), "add", "doc.txt"], check=True)
+        subprocess.run(["git", *env, "-C", str(repo), "commit", "-qm", f"r{i}"], check=True)
+    return repo
+
+
+def test_info_names_ops_and_sizes(exported, capsys):
+    assert main(["info", str(exported["llama-rope"].model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "positions         rope" in out and "vqinc::VQEncodeMargin x2" in out and "vqinc::AttentionPartial" in out
+
+
+def test_run_classifies_a_file(exported, tmp_path, capsys):
+    f = tmp_path / "t.txt"
+    f.write_text("An utterly charming film.")
+    assert main(["run", str(exported["llama-none"].model_dir), str(f), "--threads", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["label"] in ("neg", "pos") and abs(sum(res["probs"].values()) - 1) < 1e-3
+
+
+def test_replay_git_history(exported, tmp_path, capsys):
+    repo = _git_repo(tmp_path)
+    assert main(["replay", str(exported["llama-none"].model_dir), "--git", str(repo / "doc.txt"), "--live"]) == 0
+    out = capsys.readouterr().out
+    assert "ms per edit" in out and "revisions" in out
+
+
+def test_replay_trace_file_keeps_the_invariant(loaded, tmp_path):
+    """A real PEP history (windowed): after every revision the document equals a fresh one."""
+    if not SHARED.exists():
+        pytest.skip(f"{SHARED} not present")
+    from tests_support import assert_same_as_fresh
+
+    model = loaded["llama-rope"]
+    trace = next(read_trace_file(SHARED))
+    holder = {}
+
+    def check(rev):
+        assert_same_as_fresh(model, holder["summary"].document)
+        holder["n"] = holder.get("n", 0) + 1
+
+    from vqinc.runtime.replay import ReplaySummary
+
+    holder["summary"] = ReplaySummary()
+    summary = replay_trace(model, trace, max_tokens=200, summary=holder["summary"], on_revision=check,
+                           max_revisions=6)
+    assert holder["n"] == 6 and len(summary.edits) > 0
+
+
+def test_replay_rejects_ambiguous_source(exported):
+    with pytest.raises(SystemExit):
+        main(["replay", str(exported["llama-none"].model_dir)])
+
+
+def test_demo_on_bundled_model(tmp_path, capsys):
+    if not (default_model_dir() / "manifest.json").exists():
+        pytest.skip("no bundled model")
+    repo = _git_repo(tmp_path)
+    assert main(["demo", "--git", str(repo / "doc.txt")]) == 0
+    out = capsys.readouterr().out
+    assert "ops saved" in out and "label changes" in out
+    assert Model.load().labels == ("rotten", "fresh")
+
+
+def test_small_trace_file_roundtrip(exported, tmp_path, capsys):
+    rec = {"doc_id": "d", "base": "The proposal adds a keyword.",
+           "revisions": [{"id": "1", "date": "x", "edits": [{"at": 4, "delete": 8, "insert": "film"}]}]}
+    p = tmp_path / "t.jsonl.gz"
+    with gzip.open(p, "wt") as f:
+        f.write(json.dumps(rec) + "\n")
+    assert main(["replay", str(exported["llama-none"].model_dir), "--trace", str(p)]) == 0
+    assert "atomic edits replayed" in capsys.readouterr().out
