@@ -199,7 +199,7 @@ def _train_phase(name: str, model: VQTransformer, tok: Tokenizer, ds: Dataset, c
             opt.step()
             sched.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             acc = float((out.logits.argmax(-1) == y).float().mean())
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", acc=f"{acc:.2f}")

@@ -103,7 +103,8 @@ def _replay(model, traces, a) -> int:
     summary = ReplaySummary()
     for trace in progress(traces, desc="replay", enabled=not a.live):
         replay_trace(model, trace, max_tokens=a.max_tokens, summary=summary,
-                     on_revision=_print_revision if a.live else None, max_revisions=a.max_revisions)
+                     on_revision=_print_revision if a.live else None, max_revisions=a.max_revisions,
+                     check=a.check)
     print(summary.table())
     return 0
 
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay_opts.add_argument("--trace", default=None, help="revision trace (.jsonl or .jsonl.gz)")
     replay_opts.add_argument("--git", default=None, help="a file inside a git repository: replay its history")
     replay_opts.add_argument("--live", action="store_true", help="print a line per revision")
+    replay_opts.add_argument("--check", action="store_true",
+                             help="after each revision compare with a fresh build (codes, logits)")
     rp = sub.add_parser("replay", parents=[common, replay_opts], help="replay real edit histories")
     rp.add_argument("model_dir")
     rp.set_defaults(fn=cmd_replay)

@@ -40,6 +40,10 @@ class ReplaySummary:
     """Atomic edits that fell outside the window (no work to do)."""
     document: object = None
     """The Document being replayed (the latest one)."""
+    checked_revisions: int = 0
+    code_flips: int = 0
+    """With check=True: codes that differ from a fresh build of the same text, summed over revisions."""
+    max_logit_diff: float = 0.0
 
     def table(self) -> str:
         """A short markdown summary: per-edit wall time, ops saved, label changes."""
@@ -60,6 +64,9 @@ class ReplaySummary:
             ("label changes", f"{self.label_changes}"),
             ("near-tie codes (margin < 1e-5)", f"{sum(e.near_ties for e in self.edits)}"),
         ]
+        if self.checked_revisions:
+            rows.append(("vs fresh build (revisions / code flips / max dlogit)",
+                         f"{self.checked_revisions} / {self.code_flips} / {self.max_logit_diff:.1e}"))
         w = max(len(k) for k, _ in rows)
         return "\n".join([f"| {'metric':<{w}} | value |", f"|{'-' * (w + 2)}|-------|"]
                          + [f"| {k:<{w}} | {v} |" for k, v in rows])
@@ -88,6 +95,7 @@ def replay_trace(
     on_revision: Callable[[RevisionResult], None] | None = None,
     max_revisions: int | None = None,
     edits_hook: Callable[[Iterable], Iterable] | None = None,
+    check: bool = False,
 ) -> ReplaySummary:
     """Apply every atomic edit of `trace` to a windowed document; collect stats per edit and revision."""
     summary = summary or ReplaySummary()
@@ -118,6 +126,11 @@ def replay_trace(
             summary.edits.append(st)
             macs, full = macs + st.macs, full + st.full_macs
         assert doc.text == text[win.start:win.end], "window drifted from the text"
+        if check:  # the core invariant, on real histories: incremental == from scratch
+            fresh = model.document(doc.text)
+            summary.checked_revisions += 1
+            summary.code_flips += int((fresh.codes != doc.codes).sum())
+            summary.max_logit_diff = max(summary.max_logit_diff, float(np.abs(fresh.logits - doc.logits).max()))
         if doc.label != prev_label:
             summary.label_changes += 1
             prev_label = doc.label

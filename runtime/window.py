@@ -30,7 +30,8 @@ class EditWindow:
         cut_before = max(0, self.start - a)  # deleted chars before the window
         local = (lo - self.start, hi - self.start, insert)
         self.start -= cut_before
-        self.end += len(insert) - delete
+        # an edit running past the window's end leaves the window ending where its insertion ends
+        self.end = self.end + len(insert) - delete if b <= self.end else a + len(insert)
         return local
 
     @classmethod

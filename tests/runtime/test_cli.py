@@ -95,5 +95,7 @@ def test_small_trace_file_roundtrip(exported, tmp_path, capsys):
     p = tmp_path / "t.jsonl.gz"
     with gzip.open(p, "wt") as f:
         f.write(json.dumps(rec) + "\n")
-    assert main(["replay", str(exported["llama-none"].model_dir), "--trace", str(p)]) == 0
-    assert "atomic edits replayed" in capsys.readouterr().out
+    assert main(["replay", str(exported["llama-none"].model_dir), "--trace", str(p), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "atomic edits replayed" in out
+    assert "| 1 / 0 /" in out  # one revision checked against a fresh build, zero code flips
