@@ -18,8 +18,11 @@ from vqinc.runtime.manifest import LAYER_STAGES, GraphSpec, Manifest, ModelDirEr
 _POOL: tuple[int, ...] | None = None
 
 
-def _global_pool(threads: int | None) -> None:
-    """Create ORT's global thread pool once per process (its size is fixed from then on)."""
+def ensure_thread_pool(threads: int | None = None) -> None:
+    """Create ORT's global thread pool once per process (its size is fixed from then on).
+
+    From then on every ORT session in the process must set `use_per_session_threads = False`
+    (ORT refuses others): use `session_options()` for sessions of your own."""
     global _POOL
     if _POOL is not None:
         return
@@ -71,7 +74,7 @@ class Sessions:
 
     def __init__(self, root: Path, manifest: Manifest, providers: list[str] | None = None,
                  threads: int | None = None):
-        _global_pool(threads)
+        ensure_thread_pool(threads)
         self.root, self.manifest = root, manifest
         self.providers = providers or ["CPUExecutionProvider"]
         self._so = session_options()
