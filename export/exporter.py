@@ -7,7 +7,6 @@ manifest.json (sizes, I/O names, per-row multiply-accumulates, fingerprint).
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +108,3 @@ def export_model(
     (out / MANIFEST).write_text(m.to_json())
     return m
 
-
-def copy_model_dir(src: str | Path, dst: str | Path) -> None:
-    """Copy a model directory (tests corrupt copies, never the original)."""
-    shutil.copytree(src, dst, dirs_exist_ok=True)
