@@ -55,6 +55,7 @@ def export_model(
     full_graph: bool = True,
     info: dict[str, Any] | None = None,
     show_progress: bool = True,
+    external_data_bytes: int = stages.EXTERNAL_DATA_BYTES,
 ) -> Manifest:
     """Export a checkpoint directory (or an in-memory (model, tokenizer)) to `out_dir`."""
     if isinstance(source, (str, Path)):
@@ -91,19 +92,22 @@ def export_model(
         bar.set_postfix_str(name if layer is None else f"{name}.{layer}")
         if name == "full":
             full_spec = GraphSpec("full.onnx", ("ids",), ("logits", "codes"), 0)
-            stages.export_graph(stages.Full(model), (ids,), ["ids"], ["logits", "codes"], out / "full.onnx")
+            stages.export_graph(stages.Full(model), (ids,), ["ids"], ["logits", "codes"], out / "full.onnx",
+                                external_data_bytes=external_data_bytes)
             continue
         spec = specs[name]
         path = spec.path(out, layer)
         dyn = {} if name == "head" else None
-        stages.export_graph(module, args, list(spec.inputs), list(spec.outputs), path, dyn)
+        stages.export_graph(module, args, list(spec.inputs), list(spec.outputs), path, dyn, external_data_bytes)
     stages.write_attention_graph(out / specs["attention"].file, a.head_dim)
     tok.save(str(out / "tokenizer.json"))
     sha = weights_sha256(model)
     model_cfg = cfg.to_dict()
     m = Manifest(format_version=FORMAT_VERSION, model=model_cfg, weights_sha256=sha,
                  fingerprint=fingerprint(model_cfg, sha), graphs=specs, full_graph=full_spec, info=info or {})
-    sizes = {f: (out / f).stat().st_size for f in [*graph_files(m), "tokenizer.json"]}
+    files = [*graph_files(m), "tokenizer.json"]
+    files += [f + ".data" for f in graph_files(m) if (out / (f + ".data")).exists()]
+    sizes = {f: (out / f).stat().st_size for f in files}
     m = Manifest(**{**m.__dict__, "file_sizes": sizes})
     (out / MANIFEST).write_text(m.to_json())
     return m

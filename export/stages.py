@@ -100,8 +100,22 @@ class Full(nn.Module):
         return m.classifier(pooled), torch.stack(codes)
 
 
+EXTERNAL_DATA_BYTES = 1 << 30
+"""Graphs whose weights exceed this go to `<file>.data` beside the graph (protobuf's limit is 2 GB)."""
+
+
+def save_graph(proto: onnx.ModelProto, path: Path, external_data_bytes: int = EXTERNAL_DATA_BYTES) -> None:
+    weights = sum(len(t.raw_data) for t in proto.graph.initializer)
+    if weights > external_data_bytes:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)  # small constants stay inline
+    else:
+        onnx.save_model(proto, str(path))
+
+
 def export_graph(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
-                 path: Path, dynamic: dict[str, int] | None = None) -> onnx.ModelProto:
+                 path: Path, dynamic: dict[str, int] | None = None,
+                 external_data_bytes: int = EXTERNAL_DATA_BYTES) -> onnx.ModelProto:
     """Dynamo-export `module` with a dynamic row axis on each named input; attach vqinc functions."""
     dynamic = dynamic if dynamic is not None else {n: 0 for n in input_names}
     shapes = tuple({dynamic[n]: ROWS} if n in dynamic else None for n in input_names)
@@ -113,7 +127,7 @@ def export_graph(module: nn.Module, args: tuple, input_names: list[str], output_
             custom_translation_table=custom_translation_table(), verbose=False, optimize=True,
         )
     proto = attach_functions(prog.model_proto)
-    onnx.save_model(proto, str(path))
+    save_graph(proto, path, external_data_bytes)
     return proto
 
 

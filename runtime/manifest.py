@@ -145,6 +145,8 @@ def load_manifest(model_dir: str | Path) -> Manifest:
                  full_graph=full, file_sizes=dict(raw.get("file_sizes", {})), info=dict(raw.get("info", {})))
     for rel in graph_files(m):
         _check_file(root, rel, m.file_sizes.get(rel))
+        if rel + ".data" in m.file_sizes:  # weights stored as external data beside the graph
+            _check_file(root, rel + ".data", m.file_sizes[rel + ".data"])
     _check_file(root, m.tokenizer, m.file_sizes.get(m.tokenizer))
     return m
 

@@ -68,6 +68,20 @@ def test_residual_vq_exports_and_matches(tmp_path, tokenizer):
     assert report.ok, report.table()
 
 
+def test_external_data_export_loads_and_matches(tmp_path, tokenizer):
+    """Graphs over the size limit keep their weights in `<graph>.data` (threshold forced to 0 here)."""
+    model = make_tiny_model("llama", "rope", 2, tokenizer.get_vocab_size())
+    m = export_model((model, tokenizer), tmp_path / "m", show_progress=False, external_data_bytes=0)
+    assert "layers.0.post.onnx.data" in m.file_sizes
+    report = verify((model, tokenizer), tmp_path / "m")
+    assert report.ok, report.table()
+    (tmp_path / "m" / "layers.0.post.onnx.data").write_bytes(b"")
+    from vqinc.runtime.manifest import ModelDirError
+
+    with pytest.raises(ModelDirError, match=r"layers\.0\.post\.onnx\.data is 0 bytes"):
+        load_manifest(tmp_path / "m")
+
+
 def test_export_refuses_foreign_directory(tmp_path, exported):
     (tmp_path / "other.txt").write_text("x")
     e = exported["llama-none"]
