@@ -91,9 +91,10 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def _print_revision(r) -> None:
-    saved = r.full_macs / max(r.macs, 1)
+    cost = (f"{r.ms / r.num_edits:7.2f} ms/edit  ops saved {r.full_macs / max(r.macs, 1):6.1f}x"
+            if r.num_edits else "no edit inside the window")
     print(f"{r.doc_id[:24]:<24} rev {r.revision[:10]:<10} {r.num_edits:4d} edits  {r.num_tokens:5d} tok  "
-          f"{r.label:<16} p={r.prob:.3f}  {r.ms / max(r.num_edits, 1):7.2f} ms/edit  ops saved {saved:6.1f}x")
+          f"{r.label:<16} p={r.prob:.3f}  {cost}")
 
 
 def _replay(model, traces, a) -> int:
