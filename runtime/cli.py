@@ -13,15 +13,14 @@ from pathlib import Path
 EXPORT_HINT = "pip install 'vqinc[export]' (or: pip install torch==2.13.0 transformers onnx onnxscript safetensors)"
 
 
-def _need_export_extra(what: str):
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-        import safetensors  # noqa: F401
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as e:
-        raise SystemExit(f"vqinc {what} needs the export extra ({e.name} is missing): {EXPORT_HINT}") from e
+def _need_export_extra(what: str) -> None:
+    """Check (without importing anything) that the export extra is installed; name the fix if not."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "transformers", "onnx", "onnxscript", "safetensors")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"vqinc {what} needs the export extra ({', '.join(missing)} missing): {EXPORT_HINT}")
 
 
 def _dataclass_args(p: argparse.ArgumentParser, cls) -> None:

@@ -7,7 +7,7 @@ Shared by `vqinc replay`, `vqinc demo` and the benchmarks. A long text is follow
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,7 +94,6 @@ def replay_trace(
     summary: ReplaySummary | None = None,
     on_revision: Callable[[RevisionResult], None] | None = None,
     max_revisions: int | None = None,
-    edits_hook: Callable[[Iterable], Iterable] | None = None,
     check: bool = False,
 ) -> ReplaySummary:
     """Apply every atomic edit of `trace` to a windowed document; collect stats per edit and revision."""
@@ -109,8 +108,7 @@ def replay_trace(
         if max_revisions is not None and k >= max_revisions:
             break
         t0, n0, macs, full = time.perf_counter(), len(summary.edits), 0, 0
-        edits = edits_hook(rev.edits) if edits_hook else rev.edits
-        for e in edits:
+        for e in rev.edits:
             text = text[:e.at] + e.insert + text[e.at + e.delete:]
             local = win.local(e.at, e.delete, e.insert)
             if local is None:

@@ -99,3 +99,12 @@ def test_small_trace_file_roundtrip(exported, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "atomic edits replayed" in out
     assert "| 1 / 0 /" in out  # one revision checked against a fresh build, zero code flips
+
+
+def test_train_without_export_extra_names_the_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(SystemExit, match=r"pip install 'vqinc\[export\]'"):
+        main(["train", "--dataset", "rotten_tomatoes"])
