@@ -49,7 +49,6 @@ class PrefixReuse:
 
     def set_ids(self, ids: np.ndarray):
         old = self.state.ids[1:]
-        p = 0
         lim = min(len(old), len(ids))
         neq = np.nonzero(old[:lim] != ids[:lim])[0]
         p = int(neq[0]) if len(neq) else lim

@@ -160,13 +160,13 @@ class Document:
         self.history.append(m.engine.apply(self._state, 0, 0, np.asarray([m.bos_token_id, *ids], np.int64)))
 
     def _apply(self, pos: int, n_delete: int, ids: list[int]) -> EditStats:
-        before = self.state.ids[1:].tolist()
+        before = self.state.ids  # the engine replaces `ids` rather than mutating it: keeping it is free
         try:
             stats = self.model.engine.apply(self._state, pos + 1, n_delete, np.asarray(ids, np.int64))
         except BaseException:
             # Restore exactly the previous document, then report the failure. If the rebuild fails too
             # (a lost device), it is retried on the next access instead.
-            self._pending = before
+            self._pending = before[1:].tolist()
             try:
                 self.state  # noqa: B018
             except BaseException:
