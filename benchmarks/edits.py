@@ -27,9 +27,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from vqinc.runtime.engine import full_macs  # noqa: E402
 from vqinc.runtime.model import Model, default_model_dir  # noqa: E402
 from vqinc.runtime.replay import initial_window  # noqa: E402
+from vqinc.runtime.stages import full_macs  # noqa: E402
 from vqinc.runtime.state import DocState  # noqa: E402
 from vqinc.runtime.traces import Edit, read_trace_file  # noqa: E402
 
@@ -43,8 +43,7 @@ class PrefixReuse:
     def __init__(self, model: Model, ids: np.ndarray):
         m = model
         self.model = m
-        self.state = DocState.empty(m.num_layers, m.d_model, m.num_heads, m.num_kv_heads, m.head_dim,
-                                    len(m.labels), cap=max(64, 2 * len(ids) + 2))
+        self.state = DocState.empty(m.spec, cap=max(64, 2 * len(ids) + 2))
         m.engine.apply(self.state, 0, 0, np.asarray([m.bos_token_id, *ids], np.int64))
 
     def set_ids(self, ids: np.ndarray):
@@ -111,13 +110,13 @@ def run(args) -> dict:
         torch_model = load_checkpoint(args.checkpoint)[0].eval()
         base_model = with_vq(torch_model, False).eval()
     results = {"meta": {
-        "onnxruntime": ort.__version__, "provider": model.sessions.providers[0],
+        "onnxruntime": ort.__version__, "provider": model.providers[0],
         "fingerprint": model.manifest.fingerprint, "model_dir": str(model.root), "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "argv": sys.argv,
         "keystroke": args.keystroke, "trace": str(args.trace),
     }, "windows": {}}
     g = model.manifest.graphs
-    one_token = model.num_layers * (g["qkv"].macs_per_row + g["encode"].macs_per_row + g["post"].macs_per_row)
+    one_token = model.num_layers * (g["embed_qkv"].macs_per_row + g["attend"].macs_per_row + g["final"].macs_per_row)
     for n in args.windows:
         rows = []
         for doc_id, text, edits in workload(model, args.trace, n, args.docs, args.edits, args.keystroke):
@@ -125,7 +124,7 @@ def run(args) -> dict:
             prefix = PrefixReuse(model, doc.token_ids)
             warm_ids = np.asarray([model.bos_token_id, *doc.token_ids], np.int64)
             for _ in range(args.warmup):  # first runs allocate arenas / build kernels: not part of the figures
-                model.sessions.full.run(ids=warm_ids)
+                model.run_full(warm_ids)
                 if torch_model is not None:
                     import torch
 
@@ -143,14 +142,14 @@ def run(args) -> dict:
                 t_prefix = time.perf_counter() - t0
                 full_ids = np.asarray([model.bos_token_id, *ids], np.int64)
                 t0 = time.perf_counter()
-                full_logits, _ = model.sessions.full.run(ids=full_ids)
+                full_logits, _ = model.run_full(full_ids)
                 t_full = time.perf_counter() - t0
                 assert np.abs(full_logits[0] - doc.logits).max() < 1e-3, "contenders disagree"
                 row = {"doc": doc_id, "k": k, "kind": "insert" if a == b else ("delete" if not piece else "replace"),
                        "tokens": len(ids), "changed_tokens": st.n_insert + st.n_delete,
                        "vqinc_ms": t_vq * 1e3, "prefix_ms": t_prefix * 1e3, "ort_full_ms": t_full * 1e3,
                        "vqinc_macs": st.macs, "prefix_macs": pst.macs,
-                       "full_macs": full_macs(model.manifest, len(ids) + 1),
+                       "full_macs": full_macs(model.spec, len(ids) + 1),
                        "near_ties": st.near_ties}
                 if torch_model is not None and k % args.torch_every == 0:
                     import torch

