@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass, field
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException
+from pygls.exceptions import FeatureRequestError, JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
@@ -135,6 +135,8 @@ class VqincLanguageServer(LanguageServer):
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def report_server_error(self, error, source):
+        if source is FeatureRequestError:  # the response to the request carries the error already
+            return
         self.protocol.show_error(f"error in server: {_short(error)}")
 
     @property
@@ -172,8 +174,10 @@ class VqincLanguageServer(LanguageServer):
         td = params.text_document
         try:
             fut = self.manager.open(("lsp", td.uri), td.text, tag=td.version)
-        except ServeError as e:
+        except ServeError as e:  # the editor has it open all the same: forget any older version of it
             self.docs.pop(td.uri, None)
+            if self.manager.is_open(("lsp", td.uri)):
+                self.manager.close(("lsp", td.uri))
             self._error(td.uri, td.version, e)
             return
         self.docs[td.uri] = _LspDoc(LineIndex(td.text), td.version)
@@ -205,7 +209,7 @@ class VqincLanguageServer(LanguageServer):
             self.docs.pop(uri, None)
             if self.manager.is_open(("lsp", uri)):
                 self.manager.close(("lsp", uri))
-            self._error(uri, version, ServeError(f"{e}; the document is no longer analysed (reopen it)"))
+            self._error(uri, version, type(e)(f"{e}; the document is no longer analysed (reopen it)"))
             return
         doc.version = version
         if fut is not None:

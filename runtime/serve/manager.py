@@ -117,6 +117,11 @@ class _Job:
     t_submit: float = field(default_factory=time.perf_counter)
 
 
+def _name(key: Hashable) -> object:
+    """How errors name a document: front-ends key them as (front-end, ..., client's name)."""
+    return key[-1] if isinstance(key, tuple) and key else key
+
+
 class DocumentManager:
     """Thread-safe registry of open documents over one `Model`; see the module docstring."""
 
@@ -222,7 +227,7 @@ class DocumentManager:
     def _get(self, key: Hashable) -> _Doc:
         rec = self._docs.get(key)
         if rec is None:
-            raise NotOpenError(f"document {key!r} is not open")
+            raise NotOpenError(f"document {_name(key)!r} is not open")
         return rec
 
     def _check_running(self) -> None:
