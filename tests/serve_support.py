@@ -5,15 +5,20 @@ positions (spelled out here, independent of the server's `LineIndex`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 from lsprotocol import types as t
 from pygls.io_ import run_async
 from pygls.lsp.client import LanguageClient
+
+from vqinc.runtime.serve.manager import DocumentManager, ServeLimits
+from vqinc.runtime.serve.web import WebFrontend, serve_web
 
 TIMEOUT = 60.0
 
@@ -188,3 +193,31 @@ class RawLsp:
             msg = await self.recv()
             if pred(msg):
                 return msg
+
+
+@contextlib.contextmanager
+def web_server(model, limits: ServeLimits | None = None):
+    """The web front-end on a free port of 127.0.0.1, in a thread of this process."""
+    mgr = DocumentManager(model, limits or ServeLimits())
+    front = WebFrontend(mgr, model_name="tiny", max_tokens=model.max_positions - 1)
+    loop, stop, bound = asyncio.new_event_loop(), None, threading.Event()
+
+    def run() -> None:
+        nonlocal stop
+
+        async def main() -> None:
+            nonlocal stop
+            stop = asyncio.Event()
+            await serve_web(front, "127.0.0.1", 0, ready=lambda port: bound.set(), stop=stop)
+
+        loop.run_until_complete(main())
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    assert bound.wait(TIMEOUT)
+    try:
+        yield front, mgr
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        th.join(TIMEOUT)
+        mgr.shutdown()
