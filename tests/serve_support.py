@@ -196,9 +196,10 @@ class RawLsp:
 
 
 @contextlib.contextmanager
-def web_server(model, limits: ServeLimits | None = None):
-    """The web front-end on a free port of 127.0.0.1, in a thread of this process."""
-    mgr = DocumentManager(model, limits or ServeLimits())
+def web_server(model, limits: ServeLimits | None = None, threaded: bool = True):
+    """The web front-end on a free port of 127.0.0.1, in a thread of this process (the model runs on a
+    worker thread, or with `threaded=False` on the server's event loop, as `vqinc serve --http` does)."""
+    mgr = DocumentManager(model, limits or ServeLimits(), threaded=threaded)
     front = WebFrontend(mgr, model_name="tiny", max_tokens=model.max_positions - 1)
     loop, stop, bound = asyncio.new_event_loop(), None, threading.Event()
 

@@ -59,7 +59,9 @@ def serve(opts: ServeOptions) -> int:
     if lsp:
         sys.stdout = sys.stderr  # stdout is the LSP channel from here on
     model = Model.load(opts.model_dir, threads=opts.threads)
-    manager = DocumentManager(model, ServeLimits(max_documents=opts.max_documents, max_chars=opts.max_chars))
+    # One front-end runs the model on its own event loop; two share a worker thread.
+    manager = DocumentManager(model, ServeLimits(max_documents=opts.max_documents, max_chars=opts.max_chars),
+                              threaded=opts.http is not None and lsp)
     try:
         if opts.http is None:
             _run_lsp(manager, real_stdout)

@@ -177,6 +177,16 @@ class LineIndex:
         if not 0 <= start <= end <= self.length:
             raise ValueError(f"edit span [{start}, {end}) is invalid: need 0 <= start <= end <= {self.length}")
         first, first_start = self._locate(start)
+        if "\n" not in text and "\r" not in text:  # a keystroke inside one line's content: no line changes
+            bi, b_first = self._line_tree.find(first)
+            line = self._blocks[bi][first - b_first]
+            if end - first_start <= len(_content(line)):
+                a, b = start - first_start, end - first_start
+                self._blocks[bi][first - b_first] = line[:a] + text + line[b:]
+                self._char_tree.add(bi, len(text) - (end - start))
+                self.length += len(text) - (end - start)
+                self.rescanned_chars = len(line)
+                return
         last, _ = self._locate(end)
         # One neighbour each side: a terminator may merge ("\r" + "\n") or split across the boundary.
         if first > 0:

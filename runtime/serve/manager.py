@@ -15,6 +15,7 @@ document and answers with an error; the first later edit that fits re-synchronis
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 import time
@@ -117,6 +118,35 @@ class _Job:
     t_submit: float = field(default_factory=time.perf_counter)
 
 
+def call_in_loop(loop, fn, *args) -> None:
+    """Run `fn(*args)` on `loop`'s thread: at once if that is this thread, else through its queue."""
+    try:
+        here = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        here = False
+    if here:
+        fn(*args)
+    else:
+        loop.call_soon_threadsafe(fn, *args)
+
+
+class Drainer:
+    """For a manager without a worker thread: runs its pending jobs once per event-loop turn, after
+    every message already read has been submitted (so documents edited together run as one batch)."""
+
+    def __init__(self, manager: DocumentManager):
+        self.manager, self._scheduled = manager, False
+
+    def kick(self, loop) -> None:
+        if not self.manager.threaded and not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        self.manager.run_pending()
+
+
 def _name(key: Hashable) -> object:
     """How errors name a document: front-ends key them as (front-end, ..., client's name)."""
     return key[-1] if isinstance(key, tuple) and key else key
@@ -125,17 +155,23 @@ def _name(key: Hashable) -> object:
 class DocumentManager:
     """Thread-safe registry of open documents over one `Model`; see the module docstring."""
 
-    def __init__(self, model, limits: ServeLimits = ServeLimits()):
-        self.model, self.limits = model, limits
+    def __init__(self, model, limits: ServeLimits = ServeLimits(), threaded: bool = True):
+        """`threaded`: a worker thread runs the jobs (any number of front-ends, on any threads). Without
+        it the owner calls `run_pending()` (one front-end on one event loop: no thread hand-offs, which
+        cost a scheduler wake-up each way on a busy machine)."""
+        self.model, self.limits, self.threaded = model, limits, threaded
         self.labels = tuple(model.labels)
         self._docs: dict[Hashable, _Doc] = {}
         self._queue: deque[_Job] = deque()
         self._cv = threading.Condition()
+        self._model_lock = threading.Lock()
         self._stopping = False
         self.batches: deque[int] = deque(maxlen=10_000)
         """Sizes of recent model calls (for tests and stats: >1 means the many-documents path ran)."""
-        self._worker = threading.Thread(target=self._run, name="vqinc-serve-worker", daemon=True)
-        self._worker.start()
+        self._worker = None
+        if threaded:
+            self._worker = threading.Thread(target=self._run, name="vqinc-serve-worker", daemon=True)
+            self._worker.start()
 
     # -- requests (any thread) -------------------------------------------------------------------
     def open(self, key: Hashable, text: str, tag: object = None) -> Future:
@@ -222,7 +258,18 @@ class DocumentManager:
         with self._cv:
             self._stopping = True
             self._cv.notify()
-        self._worker.join(timeout)
+        if self._worker is not None:
+            self._worker.join(timeout)
+        else:
+            self.run_pending()
+
+    def run_pending(self) -> int:
+        """Run queued jobs in the calling thread until none is left (for `threaded=False`); returns how
+        many ran."""
+        done = 0
+        while batch := self._take_batch(block=False):
+            done += len(batch)
+        return done
 
     def _get(self, key: Hashable) -> _Doc:
         rec = self._docs.get(key)
@@ -241,12 +288,17 @@ class DocumentManager:
 
     # -- the worker ------------------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
+        while self._take_batch(block=True):
+            pass
+
+    def _take_batch(self, block: bool) -> list[_Job]:
+        """Take the oldest pending job of each document and run them; [] when there is nothing (and,
+        blocking, the manager is stopping). Taking and running happen under one lock, so two threads
+        running jobs can never reorder the edits of a document."""
+        with self._model_lock:
             with self._cv:
-                while not self._queue and not self._stopping:
+                while block and not self._queue and not self._stopping:
                     self._cv.wait()
-                if not self._queue:
-                    return
                 batch, rest, seen = [], deque(), set()
                 for job in self._queue:  # the oldest job of each document; the rest wait their turn
                     if id(job.rec) in seen:
@@ -261,6 +313,7 @@ class DocumentManager:
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(e)
+        return batch
 
     def _run_batch(self, batch: list[_Job]) -> None:
         fast = [j for j in batch if j.kind == "edit" and j.rec.doc is not None and j.rec.client_text is None]

@@ -42,7 +42,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from vqinc.runtime.serve.manager import DocumentManager, Result, ServeError
+from vqinc.runtime.serve.manager import DocumentManager, Drainer, Result, ServeError, call_in_loop
 
 log = logging.getLogger("vqinc.serve.web")
 MAX_ID = 200
@@ -69,6 +69,7 @@ class WebFrontend:
 
     def __init__(self, manager: DocumentManager, model_name: str = "", max_tokens: int = 0):
         self.manager = manager
+        self.drainer = Drainer(manager)
         self.page = page_bytes()
         self.hello = {"type": "hello", "labels": list(manager.labels), "model": model_name,
                       "max_documents": manager.limits.max_documents, "max_chars": manager.limits.max_chars,
@@ -122,6 +123,7 @@ class WebFrontend:
         finally:
             self.connections -= 1
             self.manager.close_all(list(mine))
+            self.drainer.kick(loop)
             send_task.cancel()
 
     def _dispatch(self, conn: int, frame, mine: set, put: Callable[[dict], None],
@@ -152,6 +154,7 @@ class WebFrontend:
                 fut = self.manager.edit(key, msg.get("start"), msg.get("end"), msg.get("text", ""), tag=seq)
             elif kind == "close":
                 self.manager.close(key)
+                self.drainer.kick(loop)
                 mine.discard(key)
                 put({"type": "closed", "id": doc_id})
                 return
@@ -164,7 +167,8 @@ class WebFrontend:
         except ServeError as e:
             put({"type": "error", "id": doc_id, "seq": seq, "code": e.code, "error": str(e)})
             return
-        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._reply, f, doc_id, put))
+        fut.add_done_callback(lambda f: call_in_loop(loop, self._reply, f, doc_id, put))
+        self.drainer.kick(loop)
 
     def _reply(self, fut, doc_id: str, put: Callable[[dict], None]) -> None:
         try:

@@ -201,3 +201,20 @@ def test_shutdown_closes_everything(model):
     assert mgr.num_open == 0
     with pytest.raises(ServeError, match="shutting down"):
         mgr.open("b", "y")
+
+
+def test_without_a_worker_jobs_run_in_the_callers_thread_as_one_batch(model):
+    """`threaded=False` (one front-end on one event loop): nothing runs until `run_pending`, which runs
+    everything queued in order, the edits of different documents as one `edit_many` call."""
+    many = ManyModel(model)
+    mgr = DocumentManager(many, threaded=False)
+    opens = [mgr.open(k, f"Doc {k}.") for k in "abc"]
+    edits = [mgr.edit(k, 0, 3, "Text") for k in "abc"] + [mgr.edit("a", 0, 0, "1. ")]
+    assert not any(f.done() for f in opens + edits)
+    assert mgr.run_pending() == 7 and all(f.done() for f in opens + edits)
+    assert many.calls == [3]  # a, b, c together; a's second edit after them, on its own
+    assert_result_is_fresh(model, edits[-1].result(), "1. Text a.")
+    for k, f in zip("bc", edits[1:3], strict=True):
+        assert_result_is_fresh(model, f.result(), f"Text {k}.")
+    mgr.shutdown()
+    assert mgr.num_open == 0

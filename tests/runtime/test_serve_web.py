@@ -193,7 +193,8 @@ def test_http_serves_the_page_and_nothing_else(model):
         asyncio.run(origins())
 
 
-def test_64_documents_edited_concurrently(model):
+@pytest.mark.parametrize("threaded", [True, False], ids=["worker-thread", "event-loop"])
+def test_64_documents_edited_concurrently(model, threaded):
     """64 connections, one document each, 8 rounds of an edit on every document at once: no error, and
     every document's last result equals a fresh document of its final text."""
     n_docs, rounds = 64, 8
@@ -221,7 +222,7 @@ def test_64_documents_edited_concurrently(model):
         for text, res in await asyncio.wait_for(asyncio.gather(*tasks), 120):
             assert_matches_fresh(model, res, text)
 
-    with web_server(model) as (front, mgr):
+    with web_server(model, threaded=threaded) as (front, mgr):
         asyncio.run(run(front.port, mgr))
         assert sum(mgr.batches) >= n_docs * rounds
 
