@@ -139,7 +139,8 @@ def summarize(rows: np.ndarray) -> dict:
         "local_doc_edit_ms": {"median": q(local, 50), "p90": q(local, 90)},
         "server_doc_edit_ms": {"median": q(server, 50), "p90": q(server, 90)},
         "server_queue_to_result_ms": {"median": q(server_total, 50), "p90": q(server_total, 90)},
-        "overhead_vs_server_doc_edit_ms": {"median": q(rtt - server, 50), "p90": q(rtt - server, 90)},
+        "overhead_vs_server_doc_edit_ms": {"median": q(rtt - server, 50), "p90": q(rtt - server, 90),
+                                           "min": q(rtt - server, 0)},
         "round_trip_minus_local_median_ms": round(float(np.median(rtt) - np.median(local)), 3),
     }
 
@@ -162,7 +163,7 @@ def main() -> int:
     rows = asyncio.run(measure(args, model, text, edits))
     import onnxruntime as ort
 
-    out = {"source": name, "model": str(model.root), "fingerprint": model.manifest.fingerprint,
+    out = {"source": name, "model": model.root.name, "fingerprint": model.manifest.fingerprint,
            "threads": args.threads, "onnxruntime": ort.__version__, "machine": platform.machine(),
            "cpus": os.cpu_count(), "load_average": os.getloadavg(), **summarize(rows)}
     print(json.dumps(out, indent=2))

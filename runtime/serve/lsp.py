@@ -27,7 +27,7 @@ import contextvars
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lsprotocol import types
 from pygls.exceptions import FeatureRequestError, JsonRpcException
@@ -151,7 +151,6 @@ class _LspDoc:
     lines: LineIndex
     version: int
     last: dict | None = None
-    pending: list = field(default_factory=list)
 
 
 class VqincLanguageServer(LanguageServer):
@@ -163,6 +162,8 @@ class VqincLanguageServer(LanguageServer):
         self.manager = manager
         self.drainer = Drainer(manager)
         self.docs: dict[str, _LspDoc] = {}
+        self.pending: dict = {}
+        """uri -> the future of its latest change whose result is not published yet"""
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def report_server_error(self, error, source):
@@ -180,10 +181,13 @@ class VqincLanguageServer(LanguageServer):
     def _publish_later(self, uri: str, future) -> None:
         """Send the future's result from the loop thread (the manager's worker completes it)."""
         loop = self.loop
+        self.pending[uri] = future
         future.add_done_callback(lambda f: call_in_loop(loop, self._publish, uri, f))
         self.drainer.kick(loop)
 
     def _publish(self, uri: str, future) -> None:
+        if self.pending.get(uri) is future:
+            del self.pending[uri]
         try:
             res: Result = future.result()
         except Exception as e:  # the worker never fails a job without a reason; report it anyway
@@ -196,9 +200,18 @@ class VqincLanguageServer(LanguageServer):
         self.protocol.notify_plain(RESULT, body)
 
     def _error(self, uri: str, version, e: ServeError, show: bool = True) -> None:
-        self.protocol.notify_plain(RESULT, {"uri": uri, "version": version, "error": str(e), "code": e.code})
-        if show:
-            self.protocol.show_error(str(e))
+        """Report a refusal, after the result of any earlier change of `uri` still being computed."""
+        def send(*_) -> None:
+            self.protocol.notify_plain(RESULT, {"uri": uri, "version": version, "error": str(e), "code": e.code})
+            if show:
+                self.protocol.show_error(str(e))
+
+        last = self.pending.get(uri)
+        if last is None:
+            send()
+        else:  # done-callbacks run in the order they were added: after `_publish` of that result
+            loop = self.loop
+            last.add_done_callback(lambda f: call_in_loop(loop, send))
 
     # -- handlers --------------------------------------------------------------------------------
     def did_open(self, params: types.DidOpenTextDocumentParams) -> None:

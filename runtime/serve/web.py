@@ -100,34 +100,28 @@ class WebFrontend:
 
     # -- WebSocket -------------------------------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
-        conn = next(_conn_ids)
-        loop = asyncio.get_running_loop()
         out: asyncio.Queue = asyncio.Queue()
-        mine: set = set()
+        session = _Session(next(_conn_ids), asyncio.get_running_loop(), lambda msg: out.put_nowait(json.dumps(msg)))
         self.connections += 1
-
-        def put(msg: dict) -> None:
-            out.put_nowait(json.dumps(msg))
 
         async def sender() -> None:
             while True:
                 await ws.send(await out.get())
 
         send_task = asyncio.create_task(sender())
-        put(self.hello)
+        session.put(self.hello)
         try:
             async for frame in ws:
-                self._dispatch(conn, frame, mine, put, loop)
+                self._dispatch(session, frame)
         except ConnectionClosed:
             pass
         finally:
             self.connections -= 1
-            self.manager.close_all(list(mine))
-            self.drainer.kick(loop)
+            self.manager.close_all(list(session.keys))
+            self.drainer.kick(session.loop)
             send_task.cancel()
 
-    def _dispatch(self, conn: int, frame, mine: set, put: Callable[[dict], None],
-                  loop: asyncio.AbstractEventLoop) -> None:
+    def _dispatch(self, session: _Session, frame) -> None:
         doc_id = seq = None
         try:
             if not isinstance(frame, str):
@@ -146,43 +140,62 @@ class WebFrontend:
                 bad, doc_id = doc_id, None
                 raise ServeError(f"id must be a non-empty string of at most {MAX_ID} characters, got "
                                  f"{json.dumps(bad)[:60]}")
-            key = ("ws", conn, doc_id)
+            key = ("ws", session.conn, doc_id)
             if kind == "open":
                 fut = self.manager.open(key, msg.get("text", ""), tag=seq)
-                mine.add(key)
+                session.keys.add(key)
             elif kind == "edit":
                 fut = self.manager.edit(key, msg.get("start"), msg.get("end"), msg.get("text", ""), tag=seq)
             elif kind == "close":
-                self.manager.close(key)
-                self.drainer.kick(loop)
-                mine.discard(key)
-                put({"type": "closed", "id": doc_id})
-                return
+                fut = self.manager.close(key)
+                session.keys.discard(key)
             elif kind == "stats":
-                put({"type": "stats", "id": doc_id, **self.manager.stats(key)})
+                session.after(doc_id, {"type": "stats", "id": doc_id, **self.manager.stats(key)})
                 return
             else:
                 raise ServeError(f"unknown message type {json.dumps(kind)[:60]}; the types are open, edit, "
                                  f"close, stats")
         except ServeError as e:
-            put({"type": "error", "id": doc_id, "seq": seq, "code": e.code, "error": str(e)})
+            session.after(doc_id, {"type": "error", "id": doc_id, "seq": seq, "code": e.code, "error": str(e)})
             return
-        fut.add_done_callback(lambda f: call_in_loop(loop, self._reply, f, doc_id, put))
-        self.drainer.kick(loop)
+        session.pending[doc_id] = fut
+        fut.add_done_callback(lambda f: call_in_loop(session.loop, self._reply, f, doc_id, session))
+        self.drainer.kick(session.loop)
 
-    def _reply(self, fut, doc_id: str, put: Callable[[dict], None]) -> None:
+    def _reply(self, fut, doc_id: str, session: _Session) -> None:
+        if session.pending.get(doc_id) is fut:
+            del session.pending[doc_id]
         try:
             res: Result = fut.result()
         except Exception as e:
-            put({"type": "error", "id": doc_id, "seq": None, "code": "internal", "error": str(e)[:300]})
+            session.put({"type": "error", "id": doc_id, "seq": None, "code": "internal", "error": str(e)[:300]})
             return
         if res.closed:
-            return
-        if res.error:
-            put({"type": "error", "id": doc_id, "seq": res.tag, "code": res.code, "error": res.error,
-                 "chars": res.num_chars})
+            session.put({"type": "closed", "id": doc_id})
+        elif res.error:
+            session.put({"type": "error", "id": doc_id, "seq": res.tag, "code": res.code, "error": res.error,
+                         "chars": res.num_chars})
         else:
-            put({"type": "result", "id": doc_id, "seq": res.tag, **res.to_json(self.manager.labels)})
+            session.put({"type": "result", "id": doc_id, "seq": res.tag, **res.to_json(self.manager.labels)})
+
+
+@dataclasses.dataclass
+class _Session:
+    """One WebSocket connection: its documents, and the last unanswered request of each (so that an
+    answer given at once, such as a refused edit, never overtakes the answers to earlier requests)."""
+
+    conn: int
+    loop: asyncio.AbstractEventLoop
+    put: Callable[[dict], None]
+    keys: set = dataclasses.field(default_factory=set)
+    pending: dict = dataclasses.field(default_factory=dict)
+
+    def after(self, doc_id: str | None, msg: dict) -> None:
+        last = self.pending.get(doc_id) if doc_id is not None else None
+        if last is None:
+            self.put(msg)
+        else:  # done-callbacks run in the order they were added: after the earlier answer's
+            last.add_done_callback(lambda f: call_in_loop(self.loop, self.put, msg))
 
 
 async def serve_web(front: WebFrontend, host: str, port: int, ready: Callable[[int], None] | None = None,

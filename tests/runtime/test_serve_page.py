@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from serve_support import TIMEOUT, web_server
 
+from vqinc.runtime.serve.manager import ServeLimits
+
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -91,5 +93,33 @@ def test_typing_into_the_page_shows_label_and_stats(loaded, tmp_path):
                 "let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++; return n;")
             assert points == 14 and inked > 500  # one point per edit, and the lines are drawn
             driver.save_screenshot(str(tmp_path / "page.png"))
+        finally:
+            driver.quit()
+
+
+def test_page_over_the_size_limit_says_so_and_resyncs(loaded, tmp_path):
+    """Typing past --max-chars: the server refuses the edit, the page shows why; deleting back under the
+    limit reopens the document, and the server's copy equals the text area again."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    model = loaded["llama-none"]
+    with web_server(model, ServeLimits(max_chars=90)) as (front, mgr):
+        driver = chromium_driver(tmp_path / "profile")
+        try:
+            driver.get(f"http://127.0.0.1:{front.port}/")
+            wait = WebDriverWait(driver, TIMEOUT)
+            text = lambda el: driver.find_element(By.ID, el).text  # noqa: E731
+            wait.until(lambda d: text("label") in model.labels)
+            ta = driver.find_element(By.ID, "text")
+            start = ta.get_property("value")
+            assert 80 <= len(start) <= 90
+            ta.send_keys(Keys.CONTROL, Keys.END)  # (a modifier holds for the rest of one send_keys call)
+            ta.send_keys(" and more words")
+            wait.until(lambda d: "limit of 90" in text("status"))
+            ta.send_keys(*[Keys.BACKSPACE] * 15)
+            wait.until(lambda d: text("status") == "connected" and _server_text(mgr) == start)
+            assert text("label") == model.document(start).label
         finally:
             driver.quit()

@@ -85,9 +85,19 @@ def test_ws_results_equal_fresh_documents(model):
                 assert res["ms"] > 0 and res["savings"] >= 1 and res["macs"] <= res["full_macs"]
             stats = await c.ask(type="stats", id="d")
             assert stats["summary"]["edits"] == len(edits) + 1 and len(stats["recent"]) == len(edits) + 1
+            # Pipelined: ten keystrokes and a refused edit sent without waiting; the answers come back in
+            # request order (the refusal, known at once, waits for the results before it).
+            for seq in range(10, 20):
+                await c.send(type="edit", id="d", start=len(text), end=len(text), text="z", seq=seq)
+                text += "z"
+            await c.send(type="edit", id="d", start=0, end=len(text) + 5, text="", seq=20)
+            replies = [await c.recv() for _ in range(11)]
+            assert [r["seq"] for r in replies] == list(range(10, 21))
+            assert replies[-1]["code"] == "bad_request" and replies[-2]["type"] == "result"
+            assert_matches_fresh(model, replies[-2], text)
             assert await c.ask(type="close", id="d") == {"type": "closed", "id": "d"}
 
-    with web_server(model) as (front, _):
+    with web_server(model, threaded=False) as (front, _):
         asyncio.run(run(front.port))
 
 
