@@ -9,7 +9,7 @@ alternating which goes first. Reported: median / p90 of the round trip, of the l
 server's own `doc.edit` time (from the result), and of round trip minus the server's `doc.edit` (the
 protocol's overhead per keystroke). The issue's goal: median round trip <= median local doc.edit + 2 ms.
 
-    python benchmarks/serve_latency.py [--model-dir DIR] [--tokens 1024] [--edits 200] [--warmup 20]
+    python benchmarks/serve_latency.py [--model-dir DIR] [--tokens 1024] [--edits 200] [--warmup 20] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -152,6 +152,7 @@ def main() -> int:
     p.add_argument("--edits", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--threads", type=int, default=1, help="ORT threads, for the server and the local model alike")
+    p.add_argument("--repeats", type=int, default=1, help="runs, each with a fresh server")
     p.add_argument("--out", default=None, help="write the summary as JSON here")
     args = p.parse_args()
 
@@ -160,12 +161,15 @@ def main() -> int:
     model = Model.load(args.model_dir, threads=args.threads)
     name, text = source_text(model, args.tokens)
     edits = keystrokes(text, args.edits + args.warmup)
-    rows = asyncio.run(measure(args, model, text, edits))
     import onnxruntime as ort
 
+    runs = []
+    for _ in range(args.repeats):  # a fresh server each time; the machine's load is recorded per run
+        rows = asyncio.run(measure(args, model, text, edits))
+        runs.append({"load_average": [round(x, 2) for x in os.getloadavg()], **summarize(rows)})
     out = {"source": name, "model": model.root.name, "fingerprint": model.manifest.fingerprint,
            "threads": args.threads, "onnxruntime": ort.__version__, "machine": platform.machine(),
-           "cpus": os.cpu_count(), "load_average": os.getloadavg(), **summarize(rows)}
+           "cpus": os.cpu_count(), "runs": runs}
     print(json.dumps(out, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
