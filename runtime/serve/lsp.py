@@ -43,8 +43,6 @@ log = logging.getLogger("vqinc.serve.lsp")
 
 RESULT = "vqinc/result"
 STATS = "vqinc/stats"
-MAX_MESSAGE_BYTES = 64 << 20
-"""A Content-Length above this is refused (and its body skipped) rather than read into memory."""
 
 # JSON-RPC error codes (https://www.jsonrpc.org/specification#error_object)
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
@@ -325,9 +323,17 @@ def build_server(manager: DocumentManager) -> VqincLanguageServer:
 
 
 # -- stdio -----------------------------------------------------------------------------------------
+def max_message_bytes(max_chars: int) -> int:
+    """The largest LSP message worth reading: a document at the size limit, every character escaped
+    in JSON (at most 6 bytes: \\uXXXX), plus room for the rest of the message."""
+    return 6 * max_chars + (1 << 20)
+
+
 async def _read_messages(reader, ls: VqincLanguageServer) -> None:
-    """Read `Content-Length`-framed JSON-RPC messages until EOF; never raise on bad input."""
+    """Read `Content-Length`-framed JSON-RPC messages until EOF; never raise on bad input. A message
+    over `max_message_bytes` is answered with an error and skipped without being held in memory."""
     proto = ls.protocol
+    limit = max_message_bytes(ls.manager.limits.max_chars)
     while True:
         length, bad_header = None, False
         while True:  # headers up to the blank line
@@ -345,13 +351,14 @@ async def _read_messages(reader, ls: VqincLanguageServer) -> None:
         if bad_header or length is None or length < 0:
             proto.send_error(None, PARSE_ERROR, "a message needs a valid Content-Length header")
             continue
-        if length > MAX_MESSAGE_BYTES:
+        if length > limit:
             while length > 0:  # skip the body in chunks without holding it
                 chunk = await reader.read(min(length, 1 << 20))
                 if not chunk:
                     return
                 length -= len(chunk)
-            proto.send_error(None, INVALID_REQUEST, f"message over {MAX_MESSAGE_BYTES} bytes refused")
+            proto.send_error(None, INVALID_REQUEST, f"a message of {length} bytes is over this server's limit of "
+                             f"{limit} (set by --max-chars)")
             continue
         try:
             body = await reader.readexactly(length)

@@ -164,7 +164,7 @@ class DocumentManager:
         self._docs: dict[Hashable, _Doc] = {}
         self._queue: deque[_Job] = deque()
         self._cv = threading.Condition()
-        self._model_lock = threading.Lock()
+        self._model_lock = threading.RLock()  # re-entrant: a result callback may run pending jobs itself
         self._stopping = False
         self.batches: deque[int] = deque(maxlen=10_000)
         """Sizes of recent model calls (for tests and stats: >1 means the many-documents path ran)."""

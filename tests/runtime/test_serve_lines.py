@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vqinc.runtime.serve.lines import LineIndex, split_lines
@@ -64,6 +64,7 @@ def edit_sequences(draw):
 
 
 @pytest.mark.parametrize("block", [2, 64])
+@settings(max_examples=120)
 @given(case=edit_sequences())
 def test_index_matches_naive_reference_under_edits(block, case):
     text, edits = case

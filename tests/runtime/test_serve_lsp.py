@@ -13,6 +13,8 @@ import pytest
 from lsprotocol import types as t
 from serve_support import LspSession, RawLsp, assert_matches_fresh, lsp_position
 
+from vqinc.runtime.serve.lsp import max_message_bytes
+
 PIECES = ["a", " film", " charming", " ", "\n", "\r\n", "\r", "é", "日本", "🙂", "𝔘", "x", ".", "  "]
 START = "An utterly charming film 🙂\r\nsecond line\rthird 𝔘 line\nend"
 
@@ -156,7 +158,7 @@ def test_malformed_messages_are_answered_and_the_server_goes_on(tiny, tmp_path):
     model_dir, model = tiny
 
     async def run() -> None:
-        async with RawLsp(model_dir, "--threads", "1", stderr=tmp_path / "err") as c:
+        async with RawLsp(model_dir, "--threads", "1", "--max-chars", "1000", stderr=tmp_path / "err") as c:
             c.send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}})
             assert "capabilities" in (await c.recv_until(lambda m: m.get("id") == 1))["result"]
 
@@ -174,6 +176,12 @@ def test_malformed_messages_are_answered_and_the_server_goes_on(tiny, tmp_path):
             assert (await c.recv_until(lambda m: "error" in m))["error"]["code"] == -32700
             c.send_bytes(b"Content-Length: twelve\r\n\r\n")
             assert (await c.recv_until(lambda m: "error" in m))["error"]["code"] == -32700
+
+            # A frame over the size limit (6 bytes a character of --max-chars 1000, plus 1 MiB) is
+            # skipped unread and answered.
+            c.send_body(b"[" + b" " * (max_message_bytes(1000) + 10) + b"]")
+            err = (await c.recv_until(lambda m: "error" in m))["error"]
+            assert err["code"] == -32600 and "over this server's limit" in err["message"]
 
             c.send({"jsonrpc": "2.0", "id": 5, "method": "textDocument/hover",
                     "params": {"textDocument": {}, "position": {"line": -1}}})
