@@ -232,3 +232,20 @@ def test_bad_model_dir_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith("vqinc serve: error:") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert r.stdout == ""
+
+
+def test_missing_extra_and_bad_flags_are_one_line_exit_2(monkeypatch, capsys):
+    import importlib.util
+
+    from vqinc.runtime.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pygls" else real(name, *a))
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs the serve extra (pygls missing)" in err
+    assert "pip install 'vqinc[serve]'" in err
+    monkeypatch.undo()
+    assert main(["serve", "--http", "0", "--max-documents", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "vqinc serve: error: --max-documents must be >= 1, got 0\n"
