@@ -1,5 +1,6 @@
 """The `vqinc` command line. Subcommands that need torch (train, export) import it lazily and say
-which install fixes a missing dependency; run, replay, demo and info never touch torch."""
+which install fixes a missing dependency; run, replay, demo and info never touch torch; serve imports
+its server libraries (the serve extra) only when it runs."""
 
 from __future__ import annotations
 
@@ -145,6 +146,19 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return _replay(model, traces, a)
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from vqinc.runtime.serve.app import ServeOptions, ServeSetupError, serve
+
+    opts = ServeOptions(model_dir=a.model_dir, http=a.http, host=a.host, stdio=a.stdio,
+                        max_documents=a.max_documents, max_chars=a.max_chars, threads=a.threads)
+    try:
+        return serve(opts)
+    except ServeSetupError as e:
+        msg = str(e)
+        print(msg if msg.startswith("vqinc serve") else f"vqinc serve: error: {msg}", file=sys.stderr)
+        return 2
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     import runpy
 
@@ -200,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", parents=[common, replay_opts], help="the bundled model replaying a real history")
     d.add_argument("--model-dir", default=None)
     d.set_defaults(fn=cmd_demo)
+
+    sv = sub.add_parser("serve", parents=[common],
+                        help="serve documents under edit: LSP on stdio, or a WebSocket + live page with --http")
+    sv.add_argument("model_dir", nargs="?", default=None, help="model directory (default: the bundled model)")
+    sv.add_argument("--http", type=int, default=None, metavar="PORT",
+                    help="serve the live page and the WebSocket protocol on PORT (0: a free port) instead of LSP")
+    sv.add_argument("--host", default="127.0.0.1", help="address for --http (default 127.0.0.1: this machine only)")
+    sv.add_argument("--stdio", action="store_true", help="with --http: serve LSP on stdio as well")
+    sv.add_argument("--max-documents", type=int, default=128, help="open documents at most (all clients)")
+    sv.add_argument("--max-chars", type=int, default=200_000, help="characters per document at most")
+    sv.set_defaults(fn=cmd_serve)
 
     b = sub.add_parser("bench", help="cross-framework benchmarks (benchmarks/edits.py; args passed through)")
     b.add_argument("args", nargs=argparse.REMAINDER)

@@ -232,7 +232,7 @@ class Document:
         for i, (d, p) in enumerate(batch):
             if p.noop:  # nothing to compute and nothing to record; the text may still be re-canonicalised
                 d._tok = p.tok if p.tok is not None else d._tok
-                stats[i] = EditStats.nothing(d._state.n - 1, model.num_layers)
+                stats[i] = EditStats.nothing(model.spec, d._state.n - 1)
             else:
                 work.append((i, d, p))
         if work:

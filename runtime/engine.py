@@ -60,9 +60,10 @@ class EditStats:
         return self.full_macs / max(self.macs, 1)
 
     @classmethod
-    def nothing(cls, n: int, num_layers: int) -> EditStats:
-        """The stats of an edit that changes nothing."""
-        return cls(0, 0, n, {k: [0] * num_layers for k in INCREMENTAL_ROWS})
+    def nothing(cls, spec: ModelSpec, num_tokens: int) -> EditStats:
+        """The stats of an edit that changes nothing (no work; a full recompute would still cost)."""
+        return cls(0, 0, num_tokens, {k: [0] * spec.num_layers for k in INCREMENTAL_ROWS},
+                   full_macs=full_macs(spec, num_tokens + 1))
 
 
 @dataclass
