@@ -24,6 +24,7 @@ class Model:
     def __init__(self, root: Path, manifest: Manifest, sessions: Sessions, tokenizer: Tokenizer):
         self.root, self.manifest, self.sessions, self.tokenizer = root, manifest, sessions, tokenizer
         self.engine = Engine(sessions)
+        self.providers: list[str] = sessions.embed.session.get_providers()  # what ORT runs on (runtime/providers.py)
         a = manifest.arch
         self.num_layers = manifest.num_layers
         self.d_model, self.num_heads = int(a["d_model"]), int(a["num_heads"])

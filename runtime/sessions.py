@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from vqinc.runtime.manifest import LAYER_STAGES, GraphSpec, Manifest, ModelDirError
+from vqinc.runtime.providers import check_session, resolve_providers
 
 _POOL: tuple[int, ...] | None = None
 
@@ -54,6 +55,7 @@ class Graph:
         except Exception as e:  # ORT raises several exception types for bad files
             raise ModelDirError(f"{path.parent}: {path.name} cannot be loaded by ONNX Runtime: "
                                 f"{str(e).splitlines()[0][:300]}") from e
+        check_session(self.session, providers)
         self.name = path.name
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -76,7 +78,7 @@ class Sessions:
                  threads: int | None = None):
         ensure_thread_pool(threads)
         self.root, self.manifest = root, manifest
-        self.providers = providers or ["CPUExecutionProvider"]
+        self.providers = resolve_providers(providers)
         self._so = session_options()
         g = manifest.graphs
         self.embed = self._load(g["embed"])
