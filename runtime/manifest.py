@@ -45,6 +45,8 @@ class Manifest:
     graphs: dict[str, GraphSpec]
     tokenizer: str = "tokenizer.json"
     full_graph: GraphSpec | None = None
+    decoder_graph: GraphSpec | None = None
+    """Optional standard past-KV decoder (`vqinc export --decoder`); per-layer I/O names are `%d` templates."""
     file_sizes: dict[str, int] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -140,9 +142,11 @@ def load_manifest(model_dir: str | Path) -> Manifest:
     if missing:
         raise ModelDirError(f"{path}: graphs {missing} missing; present: {sorted(graphs)}")
     full = _spec(raw["full_graph"], "full_graph") if raw.get("full_graph") else None
+    decoder = _spec(raw["decoder_graph"], "decoder_graph") if raw.get("decoder_graph") else None
     m = Manifest(format_version=version, model=model, weights_sha256=raw["weights_sha256"],
                  fingerprint=raw["fingerprint"], graphs=graphs, tokenizer=raw.get("tokenizer", "tokenizer.json"),
-                 full_graph=full, file_sizes=dict(raw.get("file_sizes", {})), info=dict(raw.get("info", {})))
+                 full_graph=full, decoder_graph=decoder, file_sizes=dict(raw.get("file_sizes", {})),
+                 info=dict(raw.get("info", {})))
     for rel in graph_files(m):
         _check_file(root, rel, m.file_sizes.get(rel))
         if rel + ".data" in m.file_sizes:  # weights stored as external data beside the graph
@@ -157,6 +161,8 @@ def graph_files(m: Manifest) -> list[str]:
     files += [m.graphs[s].file % i for s in LAYER_STAGES for i in range(m.num_layers)]
     if m.full_graph is not None:
         files.append(m.full_graph.file)
+    if m.decoder_graph is not None:
+        files.append(m.decoder_graph.file)
     return files
 
 
