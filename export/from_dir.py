@@ -8,6 +8,7 @@ is checked against `full.onnx` itself (codes identical, logits within 1e-4) befo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,10 @@ def model_from_dir(model_dir: str | Path, check: bool = True) -> tuple[VQTransfo
     cfg = ModelConfig.from_dict(man.model)
     model = VQTransformer(cfg).eval()
     proto = onnx.load(str(root / man.full_graph.file))  # external data, if any, is read from beside the file
-    weights = {t.name.removeprefix("m."): numpy_helper.to_array(t) for t in proto.graph.initializer}
     state = model.state_dict()
     # parameters and codebooks are what inference reads; EMA statistics are training-only
     needed = [n for n, _ in model.named_parameters()] + [n for n in state if n.endswith("codebook")]
+    weights = _initializers_by_param(proto, needed)
     missing = [n for n in needed if n not in weights]
     if missing:
         raise ModelDirError(f"{root}: {man.full_graph.file} lacks weights {missing[:5]} (of {len(missing)})")
@@ -54,6 +55,24 @@ def model_from_dir(model_dir: str | Path, check: bool = True) -> tuple[VQTransfo
     if check:
         _check_against_full(model, tok, root, man)
     return model, tok
+
+
+def _initializers_by_param(proto: onnx.ModelProto, names: list[str]) -> dict:
+    """Parameter name -> array. Initializers keep their state-dict names ("m." + name), except that the
+    exporter's optimizer merges identical tensors (e.g. norm weights still at 1.0) into one initializer;
+    those parameters are found through the node that reads them (its recorded torch call names them)."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    found = {n: numpy_helper.to_array(inits["m." + n]) for n in names if "m." + n in inits}
+    mangled = {("m." + n).replace(".", "_"): n for n in names if n not in found}
+    for node in proto.graph.node if mangled else ():
+        fx = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.fx_node"), "")
+        params = re.findall(r"%p_(\w+)", fx)
+        used = [i for i in node.input if i in inits]
+        if len(params) == len(used):
+            for p, i in zip(params, used, strict=True):
+                if p in mangled:
+                    found[mangled.pop(p)] = numpy_helper.to_array(inits[i])
+    return found
 
 
 def _check_against_full(model: VQTransformer, tok: Tokenizer, root: Path, man) -> None:

@@ -99,14 +99,14 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
-def _load(model_dir: str | None, threads: int | None):
+def _load(model_dir: str | None, threads: int | None, providers: list[str] | None = None):
     from vqinc.runtime.model import Model
 
-    return Model.load(model_dir, threads=threads)
+    return Model.load(model_dir, threads=threads, providers=providers)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    model = _load(a.model_dir, a.threads)
+    model = _load(a.model_dir, a.threads, a.providers)
     text = sys.stdin.read() if a.file == "-" else Path(a.file).read_text(encoding="utf-8")
     doc = model.document(text[: a.max_chars] if a.max_chars else text)
     probs = {lab: round(float(p), 4) for lab, p in zip(model.labels, doc.probs, strict=True)}
@@ -138,7 +138,7 @@ def _replay(model, traces, a) -> int:
 def cmd_replay(a: argparse.Namespace) -> int:
     from vqinc.runtime.traces import git_file_history, read_trace_file
 
-    model = _load(a.model_dir, a.threads)
+    model = _load(a.model_dir, a.threads, a.providers)
     if (a.trace is None) == (a.git is None):
         raise SystemExit("vqinc replay: give exactly one of --trace TRACE.jsonl[.gz] or --git PATH")
     if a.trace:
@@ -156,7 +156,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     root = Path(a.model_dir) if a.model_dir else default_model_dir()
     if not (root / "manifest.json").exists():
         raise SystemExit(f"vqinc demo: no bundled model at {root} (train and export one: see README)")
-    model = _load(str(root), a.threads)
+    model = _load(str(root), a.threads, a.providers)
     print(f"model {root.name}: {model.num_layers} layers, d={model.d_model}, labels {list(model.labels)}; "
           f"test accuracy {model.manifest.info.get('student', {}).get('accuracy', 'n/a')}")
     if a.trace:
@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=int, default=None, help="ORT thread pool size (default: all cores)")
+    common.add_argument("--providers", nargs="+", default=None, metavar="PROVIDER",
+                        help="ONNX Runtime execution providers in priority order (default: CPUExecutionProvider; "
+                             "e.g. CUDAExecutionProvider CPUExecutionProvider)")
     r = sub.add_parser("run", parents=[common], help="classify a file ('-' for stdin)")
     r.add_argument("model_dir")
     r.add_argument("file")

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from vqinc.runtime.manifest import LAYER_STAGES, graph_files, load_manifest
+from vqinc.runtime.providers import describe_providers
 
 
 def describe(model_dir: str | Path) -> str:
@@ -35,8 +36,11 @@ def describe(model_dir: str | Path) -> str:
         f"MACs per token    {per_token:,} position-wise + {g['attention'].macs_per_row * m.num_layers:,} per "
         "visible key (attention)",
         f"graphs            {len(graph_files(m))} files, {size / 1e6:.1f} MB; per layer: {', '.join(LAYER_STAGES)}"
-        + ("; monolithic full.onnx" if m.full_graph else ""),
+        + ("; monolithic full.onnx" if m.full_graph else "")
+        + (f"; past-KV {m.decoder_graph.file} ({m.info.get('decoder', {}).get('attention', '?')} attention)"
+           if m.decoder_graph else ""),
         f"custom ops        {', '.join(f'{k} x{v}' for k, v in sorted(ops.items())) or '(pip install onnx to list)'}",
+        f"providers         {describe_providers()}",
     ]
     for key in ("teacher", "student"):
         if key in m.info:
