@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 ORT_EXTRA ?= cpu
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-full scaling clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,14 @@ test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -x
 
-bench: $(VENV)/.dev
+bench: $(VENV)/.dev  # smoke run, under 2 minutes on 2 cores
+	$(PY) benchmarks/edits.py --quick
+
+bench-full: $(VENV)/.dev  # the README's headline table (n = 1,024 and 4,000; tens of minutes on 2 cores)
 	$(PY) benchmarks/edits.py
+
+scaling: $(VENV)/.dev  # the README's scaling plot (n = 256 ... 4,000)
+	$(PY) benchmarks/scaling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

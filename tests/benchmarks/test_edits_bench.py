@@ -33,8 +33,8 @@ def rope_dir(exported, tmp_path_factory):
     return d
 
 
-def test_every_contender_on_every_edit_agrees_with_ort_full(rope_dir, exported):
-    model = Model.load(rope_dir, threads=1)
+def test_every_contender_on_every_edit_agrees_with_ort_full(rope_dir, exported, test_providers):
+    model = Model.load(rope_dir, threads=1, providers=test_providers)
     args = argparse.Namespace(warmup=1, torch_every=1)
     rows, peak, skipped = edits.run_document(model, KVDecoder(model), exported["llama-rope"].torch_model, TEXT,
                                              EDITS, args, 64)
@@ -51,8 +51,8 @@ def test_every_contender_on_every_edit_agrees_with_ort_full(rope_dir, exported):
     assert s["x_vs_ort_full"]["median"] == pytest.approx(np.median([r["ort_full_ms"] / r["vqinc_ms"] for r in rows]))
 
 
-def test_torch_subsampling_keeps_the_prefix_cache_in_step(rope_dir, exported):
-    model = Model.load(rope_dir, threads=1)
+def test_torch_subsampling_keeps_the_prefix_cache_in_step(rope_dir, exported, test_providers):
+    model = Model.load(rope_dir, threads=1, providers=test_providers)
     rows, _, _ = edits.run_document(model, KVDecoder(model), exported["llama-rope"].torch_model, TEXT, EDITS,
                                     argparse.Namespace(warmup=0, torch_every=2), 64)
     timed = [r for r in rows if "torch_prefix_kv_ms" in r]

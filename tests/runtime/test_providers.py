@@ -60,6 +60,7 @@ def test_unavailable_provider_with_a_fallback_warns_once(exported):
     assert m.providers == ["CPUExecutionProvider"]
 
 
+@needs_no_cuda
 def test_a_session_that_drops_the_provider_is_caught(exported, monkeypatch):
     """The GPU wheel on a machine without a GPU lists CUDA as available, then ORT falls back to CPU."""
     monkeypatch.setattr(prov.ort, "get_available_providers", lambda: [CUDA, "CPUExecutionProvider"])
