@@ -206,7 +206,6 @@ def _lower_attention(proto: onnx.ModelProto, kind: str, num_heads: int, num_kv_h
         new_nodes += nodes
     del g.node[:]
     g.node.extend(new_nodes)
-    # shapes recorded for the placeholder outputs stay valid; drop value_info of the removed intermediates only
     imports = [o for o in proto.opset_import if o.domain != _PLACEHOLDER_DOMAIN]
     del proto.opset_import[:]
     proto.opset_import.extend(imports + [helper.make_opsetid(_MSFT, 1)])
@@ -250,8 +249,8 @@ def export_decoder(model: VQTransformer, out_dir: str | Path, attention: str | N
 def add_decoder(model: VQTransformer, model_dir: str | Path, attention: str | None = None) -> GraphSpec:
     """Export the decoder of `model` into an existing model directory and list it in its manifest.
 
-    The model must be the directory's own (same weights: the manifest fingerprint is checked by the caller
-    through `verify_decoder`, which compares the decoder with the directory's full.onnx)."""
+    `model` must be the directory's own: the checkpoint it was exported from, or `model_from_dir(model_dir)`.
+    `verify_decoder(model_dir)` compares the result with the directory's full.onnx."""
     root = Path(model_dir)
     load_manifest(root)  # a valid model directory
     attention = attention or default_attention(model)

@@ -8,12 +8,12 @@ import warnings
 
 import onnxruntime as ort
 import pytest
-from conftest import TEST_PROVIDER_ENV
 
 from vqinc.runtime import providers as prov
 from vqinc.runtime.cli import main
 from vqinc.runtime.model import Model
 
+TEST_PROVIDER_ENV = "VQINC_TEST_PROVIDER"  # read by tests/conftest.py (not importable: tests/ops has a conftest)
 CUDA = "CUDAExecutionProvider"
 needs_no_cuda = pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this onnxruntime has CUDA")
 
