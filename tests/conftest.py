@@ -96,6 +96,25 @@ def exported(tmp_path_factory, tokenizer) -> dict[str, Exported]:
     return out
 
 
+@pytest.fixture(scope="session")
+def with_decoder(exported, tmp_path_factory):
+    """name -> a copy of that tiny model directory with its default decoder.onnx added (made once per session)."""
+    import shutil
+
+    from vqinc.export.decoder import add_decoder
+
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            d = tmp_path_factory.mktemp(f"dec-{name}")
+            shutil.copytree(exported[name].model_dir, d, dirs_exist_ok=True)
+            add_decoder(exported[name].torch_model, d)
+            made[name] = d
+        return made[name]
+    return get
+
+
 TEST_PROVIDER_ENV = "VQINC_TEST_PROVIDER"
 
 

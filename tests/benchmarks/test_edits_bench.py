@@ -4,7 +4,6 @@ ORT full; the cost model, ratios, headline table and growth-exponent fit are wha
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import edits  # noqa: E402
 import scaling  # noqa: E402
 from contenders import first_change  # noqa: E402
 
-from vqinc.export.decoder import add_decoder  # noqa: E402
 from vqinc.runtime.decoder import KVDecoder  # noqa: E402
 from vqinc.runtime.engine import full_macs  # noqa: E402
 from vqinc.runtime.model import Model  # noqa: E402
@@ -26,11 +24,8 @@ EDITS = [(4, 12, "film"), (0, 0, "An "), (20, 20, " new"), (30, 41, ""), (10, 11
 
 
 @pytest.fixture(scope="module")
-def rope_dir(exported, tmp_path_factory):
-    d = tmp_path_factory.mktemp("bench-dec")
-    shutil.copytree(exported["llama-rope"].model_dir, d, dirs_exist_ok=True)
-    add_decoder(exported["llama-rope"].torch_model, d)
-    return d
+def rope_dir(with_decoder):
+    return with_decoder("llama-rope")
 
 
 def test_every_contender_on_every_edit_agrees_with_ort_full(rope_dir, exported, test_providers):

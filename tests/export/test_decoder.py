@@ -14,8 +14,7 @@ import pytest
 import torch
 from conftest import CONFIGS, make_tiny_model
 
-from vqinc.export.decoder import Decoder, add_decoder, default_attention, export_decoder
-from vqinc.export.exporter import export_model
+from vqinc.export.decoder import Decoder, default_attention, export_decoder
 from vqinc.export.from_dir import model_from_dir
 from vqinc.export.verify import decoder_splits, verify_decoder
 from vqinc.runtime.cli import main
@@ -24,25 +23,11 @@ from vqinc.runtime.manifest import graph_files, load_manifest
 from vqinc.runtime.model import Model
 from vqinc.runtime.sessions import session_options
 
-GQA_CONFIG = ("llama", "rope", 2, 32)  # head_dim 8: ORT's GroupQueryAttention applies (4 heads over 2 kv heads)
 
-
-@pytest.fixture(scope="session")
-def decoder_dirs(exported, tokenizer, tmp_path_factory) -> dict[str, tuple]:
-    """Copies of the tiny model directories with a decoder added (the default kind for each), plus a
-    head_dim-8 GQA model: name -> (model dir, torch model)."""
-    out = {}
-    for name, e in exported.items():
-        d = tmp_path_factory.mktemp(f"dec-{name}")
-        shutil.copytree(e.model_dir, d, dirs_exist_ok=True)
-        add_decoder(e.torch_model, d)
-        out[name] = (d, e.torch_model)
-    model = make_tiny_model(*GQA_CONFIG[:3], tokenizer.get_vocab_size(), d_model=GQA_CONFIG[3])
-    d = tmp_path_factory.mktemp("dec-gqa")
-    export_model((model, tokenizer), d, show_progress=False)
-    add_decoder(model, d, "gqa")
-    out["llama-rope-gqa"] = (d, model)
-    return out
+@pytest.fixture(scope="module")
+def decoder_dirs(exported, with_decoder) -> dict[str, tuple]:
+    """The tiny model directories with their default decoder: name -> (model dir, torch model)."""
+    return {name: (with_decoder(name), e.torch_model) for name, e in exported.items()}
 
 
 def test_default_attention_kind_follows_ort_kernels(exported):
@@ -54,7 +39,7 @@ def test_default_attention_kind_follows_ort_kernels(exported):
         Decoder(exported["llama-none"].torch_model, "mha")  # 4 heads, 2 kv heads
 
 
-@pytest.mark.parametrize("name", [*CONFIGS, "llama-rope-gqa"])
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_decoder_equals_full_graph_on_splits_and_edits(decoder_dirs, name):
     d, _ = decoder_dirs[name]
     report = verify_decoder(d)
@@ -64,10 +49,13 @@ def test_decoder_equals_full_graph_on_splits_and_edits(decoder_dirs, name):
     assert len({r.start for r in report.rows if r.num_tokens > 10}) >= 4  # several prefix/suffix cuts
 
 
-def test_graph_uses_the_contrib_op_and_the_vq_ops(decoder_dirs):
+def test_graph_uses_the_contrib_op_and_the_vq_ops(decoder_dirs, tokenizer, tmp_path):
+    export_decoder(make_tiny_model("llama", "rope", 2, tokenizer.get_vocab_size(), d_model=32), tmp_path, "gqa")
+    files = {"llama-none": decoder_dirs["llama-none"][0], "opt-learned": decoder_dirs["opt-learned"][0],
+             "llama-rope-gqa": tmp_path}
     ops = {}
-    for name in ("llama-none", "opt-learned", "llama-rope-gqa"):
-        proto = onnx.load(str(decoder_dirs[name][0] / "decoder.onnx"))
+    for name, d in files.items():
+        proto = onnx.load(str(d / "decoder.onnx"))
         onnx.checker.check_model(proto, full_check=True)
         ops[name] = collections.Counter(f"{n.domain}::{n.op_type}" for n in proto.graph.node)
     assert ops["llama-rope-gqa"]["com.microsoft::GroupQueryAttention"] == 2
@@ -78,34 +66,30 @@ def test_graph_uses_the_contrib_op_and_the_vq_ops(decoder_dirs):
 
 
 def test_manifest_lists_the_decoder_with_per_layer_names(decoder_dirs):
-    d, _ = decoder_dirs["llama-rope-gqa"]
+    d, _ = decoder_dirs["opt-learned"]
     m = load_manifest(d)
     assert "decoder.onnx" in graph_files(m) and m.file_sizes["decoder.onnx"] == (d / "decoder.onnx").stat().st_size
     assert "past_key_values.%d.key" in m.decoder_graph.inputs and "present.%d.value" in m.decoder_graph.outputs
-    assert m.info["decoder"]["attention"] == "gqa"
+    assert m.info["decoder"]["attention"] == "mha"
     dec = KVDecoder(Model.load(d, threads=1))
     assert dec.inputs[:4] == ["input_ids", "past_hidden_sum", "past_key_values.0.key", "past_key_values.0.value"]
     assert dec.outputs[-2:] == ["present.1.key", "present.1.value"]
 
 
-@pytest.fixture(scope="module")
-def square_model(tokenizer):
-    """head_dim 8 and equal head counts: all three attention kinds apply."""
-    return make_tiny_model("llama", "none", 4, tokenizer.get_vocab_size(), d_model=32, seed=1)
-
-
-@pytest.mark.parametrize("kind", ["gqa", "mha", "plain"])
-def test_every_attention_kind_agrees_with_torch(square_model, tokenizer, tmp_path, kind):
-    """The bare graph (no model directory): a prefix, then the rest against its present K/V, vs torch."""
-    export_decoder(square_model, tmp_path, kind)
+@pytest.mark.parametrize("kind, kv_heads", [("gqa", 2), ("plain", 2), ("mha", 4)])
+def test_every_attention_kind_agrees_with_torch(tokenizer, tmp_path, kind, kv_heads):
+    """head_dim 8, rope; GQA with 4 query heads over 2 kv heads (SmolLM2 has 9 over 3). The bare graph (no
+    model directory): a prefix, then the rest against its present K/V, against the torch model."""
+    model = make_tiny_model("llama", "rope", kv_heads, tokenizer.get_vocab_size(), d_model=32, seed=1)
+    export_decoder(model, tmp_path, kind)
     sess = ort.InferenceSession(str(tmp_path / "decoder.onnx"), sess_options=session_options(),
                                 providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()][2:]
     ids = np.asarray([0, *tokenizer.encode("The proposal adds a keyword to the grammar, and the film drags.").ids])
     with torch.no_grad():
-        want = square_model(torch.from_numpy(ids)[None]).logits[0].numpy()
+        want = model(torch.from_numpy(ids)[None]).logits[0].numpy()
     for cut in decoder_splits(len(ids)):
-        past = {n: np.zeros((1, 4, 0, 8), np.float32) for n in names}
+        past = {n: np.zeros((1, kv_heads, 0, 8), np.float32) for n in names}
         hs = np.zeros((1, 32), np.float32)
         if cut:
             _, sums, _, *present = sess.run(None, {"input_ids": ids[None, :cut], "past_hidden_sum": hs, **past})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -11,18 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vqinc.export.decoder import add_decoder
 from vqinc.runtime.decoder import KVDecoder
 from vqinc.runtime.manifest import ModelDirError
 from vqinc.runtime.model import Model
 
 
 @pytest.fixture(scope="module")
-def rope_decoder(exported, tmp_path_factory, test_providers):
-    d = tmp_path_factory.mktemp("rt-dec")
-    shutil.copytree(exported["llama-rope"].model_dir, d, dirs_exist_ok=True)
-    add_decoder(exported["llama-rope"].torch_model, d)
-    return KVDecoder(Model.load(d, threads=1, providers=test_providers))
+def rope_decoder(with_decoder, test_providers):
+    return KVDecoder(Model.load(with_decoder("llama-rope"), threads=1, providers=test_providers))
 
 
 def _full(model: Model, ids: np.ndarray) -> np.ndarray:
