@@ -121,3 +121,14 @@ def test_cli_adds_a_decoder_in_place_and_info_shows_it(exported, tmp_path, capsy
     # a model directory cannot be re-exported elsewhere: one line, exit code 2
     assert main(["export", str(d), str(tmp_path / "other"), "--decoder"]) == 2
     assert "can only gain a decoder graph" in capsys.readouterr().err
+
+
+def test_cli_export_from_a_checkpoint_with_decoder(exported, tmp_path, capsys):
+    from vqinc.model.checkpoint import save_checkpoint
+
+    e = exported["llama-rope"]
+    ck = save_checkpoint(e.torch_model, e.tokenizer, tmp_path / "ck")
+    assert main(["export", str(ck), str(tmp_path / "m"), "--decoder", "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "VERIFY OK" in out and "decoder.onnx (plain attention)" in out and "VERIFY DECODER OK" in out
+    assert load_manifest(tmp_path / "m").decoder_graph is not None
