@@ -98,12 +98,14 @@ class TorchPrefixKV:
     sync = run
 
 
-def decoder_for(model: Model, log=print) -> tuple[KVDecoder, str]:
-    """The model's KVDecoder; when its directory has no decoder.onnx, export one (needs torch) into a copy of
-    the directory under the temp dir, keyed by the manifest fingerprint, and load from there."""
-    if model.manifest.decoder_graph is not None:
+def decoder_for(model: Model, attention: str | None = None, log=print) -> tuple[KVDecoder, str]:
+    """The model's KVDecoder. When its directory has no decoder.onnx, or one of another attention kind than
+    `attention` (None: whatever is there, else the exporter's default), export one (needs torch) into a copy
+    of the directory under the temp dir, keyed by fingerprint and kind, and load it from there."""
+    have = model.manifest.info.get("decoder", {}).get("attention") if model.manifest.decoder_graph else None
+    if have is not None and attention in (None, have):
         return KVDecoder(model), str(model.root)
-    cache = Path(tempfile.gettempdir()) / f"vqinc-decoder-{model.manifest.fingerprint}"
+    cache = Path(tempfile.gettempdir()) / f"vqinc-decoder-{model.manifest.fingerprint}-{attention or 'auto'}"
     try:
         other = Model.load(cache, providers=model.sessions.providers)
         if other.manifest.decoder_graph is None or other.manifest.fingerprint != model.manifest.fingerprint:
@@ -112,10 +114,10 @@ def decoder_for(model: Model, log=print) -> tuple[KVDecoder, str]:
         from vqinc.export.decoder import add_decoder
         from vqinc.export.from_dir import model_from_dir
 
-        log(f"{model.root} has no decoder.onnx: exporting one into {cache} (add it to the model directory with "
-            f"`vqinc export {model.root} {model.root} --decoder`)")
+        log(f"{model.root} has no decoder.onnx{f' with {attention} attention' if attention else ''}: exporting one "
+            f"into {cache} (to keep one in the model directory: vqinc export {model.root} {model.root} --decoder)")
         shutil.rmtree(cache, ignore_errors=True)
         shutil.copytree(model.root, cache, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
-        add_decoder(model_from_dir(cache)[0], cache)
+        add_decoder(model_from_dir(cache)[0], cache, attention)
         other = Model.load(cache, providers=model.sessions.providers)
     return KVDecoder(other), str(cache)

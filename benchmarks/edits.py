@@ -202,7 +202,8 @@ def run(args) -> dict:
     load_before = os.getloadavg()
     t_start = time.time()
     model = Model.load(args.model_dir, threads=args.threads, providers=args.providers)
-    decoder, decoder_dir = decoder_for(model, log=lambda m: print(m, file=sys.stderr))
+    attention = None if args.decoder_attention == "auto" else args.decoder_attention
+    decoder, decoder_dir = decoder_for(model, attention, log=lambda m: print(m, file=sys.stderr))
     torch_model = load_torch(args, model)
     torch_meta = None
     if torch_model is not None:
@@ -352,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-every", type=int, default=1, help="time the PyTorch contenders on every k-th edit")
     p.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: all cores)")
     p.add_argument("--providers", nargs="+", default=None, help="ONNX Runtime execution providers")
+    p.add_argument("--decoder-attention", choices=("auto", "gqa", "mha", "plain"), default="auto",
+                   help="attention of the prefix-KV decoder (auto: the model directory's, else the exporter's "
+                        "default). On CUDA use mha or plain: ORT's CUDA GroupQueryAttention is float16/bfloat16 only")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs of each contender per document")
     p.add_argument("--quick", action="store_true",
                    help=f"a smoke run in under 2 minutes on 2 cores: {QUICK} (PyTorch subsampled)")

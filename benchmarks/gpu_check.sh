@@ -46,7 +46,10 @@ VQINC_TEST_PROVIDER=$PROVIDER "$VENV/bin/python" -m pytest -q -rs tests/runtime 
 TESTS_RC=${PIPESTATUS[0]}
 set -e
 
-BENCH_ARGS=(--providers "$PROVIDER" --no-torch --out "$OUT")
+# mha: ORT's CUDA GroupQueryAttention takes float16/bfloat16 only (docs/OperatorKernels.md), so a float32 GQA
+# decoder would run its attention on the CPU; MultiHeadAttention has a float32 CUDA kernel (the bundled model
+# has as many kv heads as heads; for a GQA model such as SmolLM2 pass DECODER_ATTENTION=plain)
+BENCH_ARGS=(--providers "$PROVIDER" --no-torch --decoder-attention "${DECODER_ATTENTION:-mha}" --out "$OUT")
 if [ "$QUICK" = "1" ]; then BENCH_ARGS+=(--quick); fi
 # --no-torch: the PyTorch contenders are CPU-only code; this check is about ONNX Runtime on CUDA
 "$VENV/bin/python" benchmarks/edits.py "${BENCH_ARGS[@]}"
