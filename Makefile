@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 ORT_EXTRA ?= cpu
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test lint bench clean browser
+.PHONY: demo test lint bench bench-full scaling clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,14 @@ test: $(VENV)/.dev browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -x
 
-bench: $(VENV)/.dev
+bench: $(VENV)/.dev  # smoke run, under 2 minutes on 2 cores
+	$(PY) benchmarks/edits.py --quick
+
+bench-full: $(VENV)/.dev  # the README's headline table (n = 1,024 and 4,000; tens of minutes on 2 cores)
 	$(PY) benchmarks/edits.py
+
+scaling: $(VENV)/.dev  # the README's scaling plot (n = 256 ... 4,000)
+	$(PY) benchmarks/scaling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

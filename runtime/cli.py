@@ -52,19 +52,45 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_export(a: argparse.Namespace) -> int:
     _need_export_extra("export")
-    from vqinc.export.exporter import export_model
+    from vqinc.export.from_dir import is_model_dir
 
     t = time.perf_counter()
-    man = export_model(a.checkpoint, a.out_dir, full_graph=not a.no_full)
-    print(f"exported {man.num_layers} layers to {a.out_dir} in {time.perf_counter() - t:.1f} s "
-          f"(fingerprint {man.fingerprint})")
-    if a.verify:
-        from vqinc.export.verify import verify
+    if is_model_dir(a.checkpoint):  # a model directory gains its decoder graph (weights read from full.onnx)
+        from vqinc.export.decoder import add_decoder
+        from vqinc.export.from_dir import model_from_dir
 
-        report = verify(a.checkpoint, a.out_dir)
+        if Path(a.checkpoint).resolve() != Path(a.out_dir).resolve() or a.decoder is None:
+            raise ValueError(f"{a.checkpoint} is a model directory: it can only gain a decoder graph, in place: "
+                             f"vqinc export {a.checkpoint} {a.checkpoint} --decoder")
+        model, tok = model_from_dir(a.checkpoint)
+        add_decoder(model, a.out_dir, None if a.decoder == "auto" else a.decoder)
+        print(f"added decoder.onnx to {a.out_dir} in {time.perf_counter() - t:.1f} s")
+        source = (model, tok)
+    else:
+        from vqinc.export.exporter import export_model
+
+        man = export_model(a.checkpoint, a.out_dir, full_graph=not a.no_full)
+        print(f"exported {man.spec.num_layers} layers to {a.out_dir} in {time.perf_counter() - t:.1f} s "
+              f"(fingerprint {man.fingerprint})")
+        source = a.checkpoint
+        if a.decoder is not None:
+            from vqinc.export.decoder import add_decoder
+            from vqinc.model.checkpoint import load_checkpoint
+
+            add_decoder(load_checkpoint(a.checkpoint)[0], a.out_dir, None if a.decoder == "auto" else a.decoder)
+            print(f"added decoder.onnx ({time.perf_counter() - t:.1f} s in all)")
+    ok = True
+    if a.verify:
+        from vqinc.export.verify import verify, verify_decoder
+
+        report = verify(source, a.out_dir)
         print(report.table())
-        return 0 if report.ok else 1
-    return 0
+        ok = report.ok
+        if a.decoder is not None:
+            dec = verify_decoder(a.out_dir)
+            print(dec.table())
+            ok = ok and dec.ok
+    return 0 if ok else 1
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -74,14 +100,14 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
-def _load(model_dir: str | None, threads: int | None):
+def _load(model_dir: str | None, threads: int | None, providers: list[str] | None = None):
     from vqinc.runtime.model import Model
 
-    return Model.load(model_dir, threads=threads)
+    return Model.load(model_dir, threads=threads, providers=providers)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    model = _load(a.model_dir, a.threads)
+    model = _load(a.model_dir, a.threads, a.providers)
     text = sys.stdin.read() if a.file == "-" else Path(a.file).read_text(encoding="utf-8")
     doc = model.document(text[: a.max_chars] if a.max_chars else text)
     probs = {lab: round(float(p), 4) for lab, p in zip(model.labels, doc.probs, strict=True)}
@@ -113,7 +139,7 @@ def _replay(model, traces, a) -> int:
 def cmd_replay(a: argparse.Namespace) -> int:
     from vqinc.runtime.traces import git_file_history, read_trace_file
 
-    model = _load(a.model_dir, a.threads)
+    model = _load(a.model_dir, a.threads, a.providers)
     if (a.trace is None) == (a.git is None):
         raise SystemExit("vqinc replay: give exactly one of --trace TRACE.jsonl[.gz] or --git PATH")
     if a.trace:
@@ -131,7 +157,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     root = Path(a.model_dir) if a.model_dir else default_model_dir()
     if not (root / "manifest.json").exists():
         raise SystemExit(f"vqinc demo: no bundled model at {root} (train and export one: see README)")
-    model = _load(str(root), a.threads)
+    model = _load(str(root), a.threads, a.providers)
     print(f"model {root.name}: {model.num_layers} layers, d={model.d_model}, labels {list(model.labels)}; "
           f"test accuracy {model.manifest.info.get('student', {}).get('accuracy', 'n/a')}")
     if a.trace:
@@ -180,10 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("export", help="checkpoint -> model directory of ONNX graphs (needs the export extra)")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a training checkpoint, or a model directory (with OUT_DIR = it and --decoder: "
+                                      "add the decoder graph in place)")
     e.add_argument("out_dir")
-    e.add_argument("--verify", action="store_true", help="check graphs vs PyTorch on sample texts")
+    e.add_argument("--verify", action="store_true", help="check graphs vs PyTorch on sample texts (and the decoder "
+                                                         "vs full.onnx)")
     e.add_argument("--no-full", action="store_true", help="skip the monolithic full-model graph")
+    e.add_argument("--decoder", nargs="?", const="auto", default=None, choices=("auto", "gqa", "mha", "plain"),
+                   help="also write decoder.onnx, a standard past-KV decoder (the prefix-KV baseline); attention "
+                        "kind, default auto: ORT's GroupQueryAttention where it applies")
     e.set_defaults(fn=cmd_export)
 
     i = sub.add_parser("info", help="what a model directory holds")
@@ -192,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=int, default=None, help="ORT thread pool size (default: all cores)")
+    common.add_argument("--providers", nargs="+", default=None, metavar="PROVIDER",
+                        help="ONNX Runtime execution providers in priority order (default: CPUExecutionProvider; "
+                             "e.g. CUDAExecutionProvider CPUExecutionProvider)")
     r = sub.add_parser("run", parents=[common], help="classify a file ('-' for stdin)")
     r.add_argument("model_dir")
     r.add_argument("file")

@@ -13,6 +13,7 @@ import numpy as np
 
 from vqinc.runtime.config import ModelSpec
 from vqinc.runtime.manifest import Manifest, ModelDirError
+from vqinc.runtime.providers import resolve_providers
 from vqinc.runtime.sessions import Graph, ensure_thread_pool, session_options
 from vqinc.runtime.stages import STAGES
 
@@ -22,9 +23,9 @@ class Executor:
 
     def __init__(self, root: Path, manifest: Manifest, spec: ModelSpec, providers: list | None = None,
                  threads: int | None = None):
+        self.providers = resolve_providers(providers)  # before any session: clear errors, one warning
         ensure_thread_pool(threads)
         self.root, self.manifest, self.spec = root, manifest, spec
-        self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         self._so = session_options()
         self._graphs: dict[tuple[str, int | None], Graph] = {}
         self.calls = 0
@@ -39,6 +40,9 @@ class Executor:
     def _load(self, name: str, layer: int | None) -> Graph:
         g = self.manifest.graphs[name]
         return Graph(g.path(self.root, layer), g, STAGES[name], self.spec, self.providers, self._so)
+
+    def providers_in_use(self) -> list[str]:
+        return next(iter(self._graphs.values())).session.get_providers()
 
     def has(self, name: str) -> bool:
         return name in self.manifest.graphs

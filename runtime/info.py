@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from vqinc.runtime.manifest import graph_files, load_manifest
+from vqinc.runtime.providers import describe_providers
 from vqinc.runtime.stages import STAGES
 
 
@@ -36,8 +37,11 @@ def describe(model_dir: str | Path) -> str:
         f"MACs per token    {per_token:,} position-wise + {g['attend'].macs_per_pair * s.num_layers:,} per "
         "visible key (attention)",
         f"graphs            {len(graph_files(m))} files, {size / 1e6:.1f} MB (sha256 checked); per layer: "
-        f"{', '.join(per_layer)}" + ("; monolithic full.onnx" if m.full_graph else ""),
+        f"{', '.join(per_layer)}" + ("; monolithic full.onnx" if m.full_graph else "")
+        + (f"; past-KV {m.decoder_graph.file} ({m.info.get('decoder', {}).get('attention', '?')} attention)"
+           if m.decoder_graph else ""),
         f"custom ops        {', '.join(f'{k} x{v}' for k, v in sorted(ops.items())) or '(pip install onnx to list)'}",
+        f"providers         {describe_providers()}",
     ]
     for key in ("teacher", "student"):
         if isinstance(m.info.get(key), dict):

@@ -64,6 +64,9 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     """Every file of the directory the manifest refers to, with its size and sha256."""
     info: dict[str, Any] = field(default_factory=dict)
+    decoder_graph: GraphSpec | None = None
+    """Optional standard past-KV decoder (`vqinc export --decoder`), the `prefix_kv` baseline; not a stage of
+    the incremental engine. Its per-layer I/O names are `%d` templates."""
 
     @property
     def spec(self) -> ModelSpec:
@@ -98,6 +101,8 @@ def graph_files(m: Manifest, spec: ModelSpec | None = None) -> list[str]:
     for name, g in m.graphs.items():
         layers = STAGES[name].layer_indices(spec.num_layers)
         files += [g.file] if layers is None else [g.file % i for i in layers]
+    if m.decoder_graph is not None:
+        files.append(m.decoder_graph.file)
     return files
 
 
@@ -136,9 +141,10 @@ def load_manifest(model_dir: str | Path, check_hashes: bool = True) -> Manifest:
             raise ModelDirError(f"{path}: {key!r} must be a file name, got {v!r}")
     files = {rel: _file_entry(path, rel, e) for rel, e in raw["files"].items()}
     info = raw.get("info", {})
+    decoder = _decoder_spec(path, raw["decoder_graph"]) if raw.get("decoder_graph") is not None else None
     m = Manifest(format_version=version, model=raw["model"], weights_sha256=raw["weights_sha256"],
                  fingerprint=raw["fingerprint"], graphs=graphs, tokenizer=tokenizer, codebooks=codebooks, files=files,
-                 info=info if isinstance(info, dict) else {})
+                 info=info if isinstance(info, dict) else {}, decoder_graph=decoder)
     for rel in [*graph_files(m, spec), tokenizer, codebooks]:
         if rel not in files:
             raise ModelDirError(f"{path}: 'files' has no entry for {rel} (size and sha256)")
@@ -211,6 +217,20 @@ def _graph_spec(path: Path, name: str, g: Any, spec: ModelSpec) -> GraphSpec:
     if not all(_nonneg_int(v) for v in macs):
         raise ModelDirError(f"{path}: graph {name!r} multiply-accumulate counts {macs} must be integers >= 0")
     return GraphSpec(file, tuple(inputs), tuple(outputs), *macs)
+
+
+def _decoder_spec(path: Path, g: Any) -> GraphSpec:
+    if not isinstance(g, dict) or not isinstance(g.get("file"), str) or "%" in g["file"] or not g["file"]:
+        raise ModelDirError(f"{path}: decoder_graph must be an object with a plain file name, got {g!r}"[:300])
+    if Path(g["file"]).is_absolute() or ".." in Path(g["file"]).parts:
+        raise ModelDirError(f"{MANIFEST}: decoder_graph file {g['file']!r} escapes the model directory")
+    names = (g.get("inputs"), g.get("outputs"))
+    if not all(isinstance(x, list) and all(isinstance(n, str) for n in x) for x in names):
+        raise ModelDirError(f"{path}: decoder_graph inputs and outputs must be lists of names")
+    macs = g.get("macs_per_row", 0)
+    if not _nonneg_int(macs):
+        raise ModelDirError(f"{path}: decoder_graph macs_per_row must be an integer >= 0, got {macs!r}")
+    return GraphSpec(g["file"], tuple(g["inputs"]), tuple(g["outputs"]), macs)
 
 
 def _file_entry(path: Path, rel: Any, e: Any) -> FileEntry:

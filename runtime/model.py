@@ -103,8 +103,8 @@ class Model:
 
     @property
     def providers(self) -> list[str]:
-        """Execution providers the sessions use."""
-        return list(self.executor.providers)
+        """Execution providers the sessions run on (what ORT reports, in priority order)."""
+        return self.executor.providers_in_use()
 
     # -- documents ---------------------------------------------------------------------------
     def document(self, text: str = "") -> Document:

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from vqinc.runtime.blas import limit_blas_threads
 from vqinc.runtime.config import ModelSpec
 from vqinc.runtime.manifest import GraphSpec, ModelDirError
+from vqinc.runtime.providers import check_session
 from vqinc.runtime.stages import DYNAMIC, Stage, dim_sizes
 
 _POOL: tuple[int, ...] | None = None
@@ -63,6 +64,7 @@ class Graph:
         except Exception as e:  # ORT raises several exception types for bad files
             raise ModelDirError(f"{path.parent}: {path.name} cannot be loaded by ONNX Runtime: "
                                 f"{str(e).splitlines()[0][:300]}") from None
+        check_session(self.session, providers)
         self.name = path.name
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]

@@ -118,9 +118,15 @@ def stage_macs(spec: ModelSpec) -> dict[str, Macs]:
     }
 
 
-def full_macs(spec: ModelSpec, n: int) -> int:
-    """Multiply-accumulates of computing a document of n rows (BOS included) from scratch."""
+def suffix_macs(spec: ModelSpec, n: int, start: int = 0) -> int:
+    """Multiply-accumulates of computing rows start .. n-1 of a document of n rows (BOS included) against
+    the cached keys of the rows before them: what a prefix-KV cache does after an edit at `start`."""
     m = stage_macs(spec)
     per_row = spec.num_layers * (m["embed_qkv"].per_row + m["attend"].per_row + m["final"].per_row)
-    pairs = spec.num_layers * (n * (n + 1) // 2)
-    return n * per_row + pairs * m["attend"].per_pair + m["head"].per_row
+    pairs = spec.num_layers * (n * (n + 1) // 2 - start * (start + 1) // 2)
+    return (n - start) * per_row + pairs * m["attend"].per_pair + m["head"].per_row
+
+
+def full_macs(spec: ModelSpec, n: int) -> int:
+    """Multiply-accumulates of computing a document of n rows (BOS included) from scratch."""
+    return suffix_macs(spec, n, 0)
