@@ -23,11 +23,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _check_args(a: argparse.Namespace) -> None:
     """Flags the parser cannot range-check, before anything loads: ValueError names the flag and the rule."""
-    from vqinc.runtime.sessions import MAX_THREADS
-
     threads = getattr(a, "threads", None)
-    if threads is not None and not 1 <= threads <= MAX_THREADS:
-        raise ValueError(f"--threads must be in 1..{MAX_THREADS} (ONNX Runtime's pool size), got {threads}")
+    if threads is not None:
+        from vqinc.runtime.sessions import MAX_THREADS
+
+        if not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"--threads must be in 1..{MAX_THREADS} (ONNX Runtime's pool size), got {threads}")
     for flag, low in (("max_tokens", 1), ("max_revisions", 0), ("limit", 0), ("max_chars", 1)):
         v = getattr(a, flag, None)
         if v is not None and v < low:
