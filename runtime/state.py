@@ -3,8 +3,8 @@
 An insertion in the middle of a document would otherwise shift every per-layer array; instead each
 row lives in a fixed slot, `order[i]` names the slot of position i and `pos[slot]` the position of a
 slot (-1 when free). Graphs read whole K/V buffers with `pos` as the key positions, so no edit
-gathers or shifts them. Slots freed by an edit are reused later; capacity grows by a quarter, and after large deletions the
-rows are compacted back to an eighth of spare capacity (`compact`).
+gathers or shifts them. Slots freed by an edit are reused later; capacity grows by a quarter, and
+after large deletions the rows are compacted back to an eighth of spare capacity (`compact`).
 
 Per layer and slot the state keeps what an edit needs to avoid recomputing rows: the layer input x,
 q, k, v, and per head a small attention summary (m, den, den_err, margin, radius) plus the code. The
