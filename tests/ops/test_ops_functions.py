@@ -9,38 +9,28 @@ import onnx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from ops_cases import CI, F32_TOL, F64_TOL, attention_inputs, decode_inputs, vq_inputs
+from ops_cases import CI, F32_TOL, decode_inputs, vq_inputs
 
 from vqinc.ops import reference
 from vqinc.ops.domain import DOMAIN, IR_VERSION, ONNX_OPSET, OP_NAMES, VQINC_OPSET
 from vqinc.ops.functions import SIGNATURES, function_protos, make_op_model
 
-
-def _attrs(op_name: str) -> dict[str, float]:
-    return {"scale": 0.25} if op_name == "AttentionPartial" else {}
-
-
-# op -> (strategy of (inputs, attrs), reference with the same inputs, tolerance per output)
+# op -> (strategy of inputs, reference with the same inputs, tolerance per output)
 OP_TABLE: dict[str, tuple[st.SearchStrategy, Callable[..., tuple], list[dict | None]]] = {
     "VQEncode": (
-        vq_inputs().map(lambda i: (i, {})),
+        vq_inputs(),
         lambda x, codebook: (reference.vq_encode(x, codebook),),
         [None],
     ),
     "VQDecode": (
-        decode_inputs().map(lambda i: (i, {})),
+        decode_inputs(),
         lambda codes, codebook: (reference.vq_decode(codes, codebook),),
         [None],  # a gather: bit-exact
     ),
     "VQEncodeMargin": (
-        vq_inputs().map(lambda i: (i, {})),
+        vq_inputs(),
         reference.vq_encode_margin,
         [None, F32_TOL],
-    ),
-    "AttentionPartial": (
-        attention_inputs().map(lambda c: (c[0], {"scale": c[1]})),
-        reference.attention_partial,
-        [F64_TOL, F64_TOL, F64_TOL],
     ),
 }
 assert tuple(OP_TABLE) == OP_NAMES
@@ -61,7 +51,7 @@ def _assert_outputs(op_name: str, got: list[np.ndarray], want: tuple, tols: list
 
 @pytest.mark.parametrize("op_name", OP_NAMES)
 def test_op_model_passes_full_check(op_name: str) -> None:
-    model = make_op_model(op_name, **_attrs(op_name))
+    model = make_op_model(op_name)
     onnx.checker.check_model(model, full_check=True)
     assert [(n.domain, n.op_type) for n in model.graph.node] == [(DOMAIN, op_name)]
     assert {(o.domain, o.version) for o in model.opset_import} == {("", ONNX_OPSET), (DOMAIN, VQINC_OPSET)}
@@ -81,7 +71,7 @@ def test_function_protos() -> None:
         assert [(o.domain, o.version) for o in proto.opset_import] == [("", ONNX_OPSET)]
         assert all(node.domain in ("", "ai.onnx") for node in proto.node), "bodies use standard ops only"
         assert "Loop" not in {node.op_type for node in proto.node}
-    assert [a for p in protos for a in p.attribute] == ["scale"]
+    assert not [a for p in protos for a in p.attribute], "no op takes attributes"
     protos[0].name = "changed"
     assert function_protos()[0].name == "VQEncode", "callers get fresh copies"
 
@@ -89,10 +79,8 @@ def test_function_protos() -> None:
 def test_make_op_model_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="unknown vqinc op 'VQFoo'"):
         make_op_model("VQFoo")
-    with pytest.raises(TypeError, match=r"attributes \['scale'\]"):
-        make_op_model("AttentionPartial")
-    with pytest.raises(TypeError, match=r"attributes \[\]"):
-        make_op_model("VQEncode", scale=1.0)
+    with pytest.raises(TypeError, match="scale"):
+        make_op_model("VQEncode", scale=1.0)  # no op takes attributes
 
 
 @pytest.mark.parametrize("op_name", OP_NAMES)
@@ -100,20 +88,20 @@ def test_make_op_model_rejects_bad_arguments() -> None:
 @given(data=st.data())
 def test_ort_matches_reference(run_op, op_name: str, data: st.DataObject) -> None:
     strategy, ref, tols = OP_TABLE[op_name]
-    inputs, attrs = data.draw(strategy)
-    got = run_op(op_name, inputs, **attrs)
-    _assert_outputs(op_name, got, ref(**inputs, **attrs), tols)
+    inputs = data.draw(strategy)
+    got = run_op(op_name, inputs)
+    _assert_outputs(op_name, got, ref(**inputs), tols)
 
 
 @pytest.mark.parametrize("op_name", OP_NAMES)
 @CI
 @given(data=st.data())
 def test_ort_optimized_matches_reference(run_op, op_name: str, data: st.DataObject) -> None:
-    """ORT's default fusions (what the runtime uses) keep the semantics, -inf rows included."""
+    """ORT's default fusions (what the runtime uses) keep the semantics."""
     strategy, ref, tols = OP_TABLE[op_name]
-    inputs, attrs = data.draw(strategy)
-    got = run_op(op_name, inputs, optimize=True, **attrs)
-    _assert_outputs(op_name, got, ref(**inputs, **attrs), tols)
+    inputs = data.draw(strategy)
+    got = run_op(op_name, inputs, optimize=True)
+    _assert_outputs(op_name, got, ref(**inputs), tols)
 
 
 @pytest.mark.parametrize("op_name", ["VQEncode", "VQEncodeMargin"])
@@ -152,21 +140,3 @@ def test_ort_decode_of_encode_is_reference_quantize(run_op, case: dict[str, np.n
     codes = run_op("VQEncode", case)[0]
     decoded = run_op("VQDecode", {"codes": codes, "codebook": case["codebook"]})[0]
     np.testing.assert_array_equal(decoded, reference.vq_decode(reference.vq_encode(**case), case["codebook"]))
-
-
-def test_ort_attention_edge_rows(run_op) -> None:
-    """nq = nk = 1, GQA 4:1, fresh (-inf) and running rows, all masked then all visible."""
-    rng = np.random.default_rng(3)
-    q = rng.standard_normal((1, 4, 3)).astype(np.float32)
-    k = rng.standard_normal((1, 1, 3)).astype(np.float32)
-    v = rng.standard_normal((1, 1, 3)).astype(np.float32)
-    m_in = np.array([[-np.inf, 0.0, 2.0, -np.inf]])
-    for visible in (False, True):
-        inputs = {"q": q, "k": k, "v": v, "mask": np.array([[visible]]), "m_in": m_in}
-        got = run_op("AttentionPartial", inputs, scale=0.5)
-        _assert_outputs(
-            "AttentionPartial", got, reference.attention_partial(**inputs, scale=0.5), [F64_TOL] * 3
-        )
-    m_out, den, num = run_op("AttentionPartial", {**inputs, "mask": np.array([[False]])}, scale=0.5)
-    np.testing.assert_array_equal(m_out, m_in)
-    assert not den.any() and not num.any()
