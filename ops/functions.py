@@ -1,6 +1,6 @@
 """ONNX function bodies of the vqinc ops, written in onnxscript, and single-op models around them.
 
-Owns the graphs that stock ONNX Runtime runs for `vqinc::VQEncode`, `VQDecode` and `VQEncodeMargin`
+Owns the graphs that stock ONNX Runtime runs for `vqinc::VQEncode` and `VQDecode`
 (model-local functions: ORT inlines them). Semantics and the ground truth live in
 `reference.py`; the torch side that emits these nodes lives in `torch_ops.py`. No torch here.
 
@@ -10,7 +10,6 @@ kernel instead of the body; the bodies are the portable fallback and the specifi
 
 from __future__ import annotations
 
-import math
 from functools import cache
 
 import onnx
@@ -30,7 +29,6 @@ vqinc = Opset(DOMAIN, VQINC_OPSET)
 _X = FLOAT["n", "h", "dh"]
 _CODEBOOK = FLOAT["h", "K", "dh"]
 _CODES = INT64["n", "h"]
-_MARGIN = FLOAT["n", "h"]
 
 
 # Scores per head, as in reference._vq_scores:
@@ -62,33 +60,7 @@ def VQDecode(codes: _CODES, codebook: _CODEBOOK) -> _X:
     return op.Gather(flat, op.Add(codes, offsets), axis=0)
 
 
-# Codes exactly as VQEncode (same scores, same ArgMin), then the margin from true distances:
-#
-#   dist   = max(scores + ‖x‖², 0)                           (h,n,K)
-#   d1     = dist[code]                                      (h,n,1)   GatherElements
-#   d2     = min over k ≠ code of dist (+inf when K = 1)     (h,n,1)   Where(k == code, +inf) + ReduceMin
-#   margin = max((sqrt(d2) − sqrt(d1)) / 2, 0)               (h,n) --Transpose--> (n,h)
-@script(vqinc, default_opset=op)
-def VQEncodeMargin(x: _X, codebook: _CODEBOOK) -> tuple[_CODES, _MARGIN]:
-    xh = op.Transpose(x, perm=[1, 0, 2])
-    dots = op.MatMul(xh, op.Transpose(codebook, perm=[0, 2, 1]))
-    norms = op.Unsqueeze(op.ReduceSum(op.Mul(codebook, codebook), [-1], keepdims=0), [1])
-    scores = op.Sub(norms, op.Mul(op.Constant(value_float=2.0), dots))
-    code = op.ArgMin(scores, axis=-1, keepdims=1, select_last_index=0)  # (h,n,1)
-    xnorm = op.ReduceSum(op.Mul(xh, xh), [-1], keepdims=1)  # (h,n,1)
-    dist = op.Max(op.Add(scores, xnorm), op.Constant(value_float=0.0))
-    d1 = op.GatherElements(dist, code, axis=-1)
-    num_codes = op.Squeeze(op.Shape(codebook, start=1, end=2))
-    k_index = op.Range(op.Constant(value_int=0), num_codes, op.Constant(value_int=1))  # (K,)
-    others = op.Where(op.Equal(k_index, code), op.Constant(value_float=math.inf), dist)
-    d2 = op.ReduceMin(others, [-1], keepdims=1)
-    half_gap = op.Div(op.Sub(op.Sqrt(d2), op.Sqrt(d1)), op.Constant(value_float=2.0))
-    margin = op.Max(half_gap, op.Constant(value_float=0.0))
-    codes = op.Transpose(op.Squeeze(code, [-1]), perm=[1, 0])
-    return codes, op.Transpose(op.Squeeze(margin, [-1]), perm=[1, 0])
-
-
-_FUNCTIONS = {f.name: f for f in (VQEncode, VQDecode, VQEncodeMargin)}
+_FUNCTIONS = {f.name: f for f in (VQEncode, VQDecode)}
 assert tuple(_FUNCTIONS) == OP_NAMES
 
 _F32, _I64 = TensorProto.FLOAT, TensorProto.INT64
@@ -102,10 +74,6 @@ SIGNATURES: dict[str, tuple[list[tuple[str, int, list[str]]], list[tuple[str, in
     "VQDecode": (
         [("codes", _I64, ["n", "h"]), ("codebook", _F32, ["h", "K", "dh"])],
         [("x", _F32, ["n", "h", "dh"])],
-    ),
-    "VQEncodeMargin": (
-        [("x", _F32, ["n", "h", "dh"]), ("codebook", _F32, ["h", "K", "dh"])],
-        [("codes", _I64, ["n", "h"]), ("margin", _F32, ["n", "h"])],
     ),
 }
 """Input and output names, types and dims of each op, as in the ARCHITECTURE.md table."""

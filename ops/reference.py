@@ -42,26 +42,3 @@ def vq_decode(codes: npt.NDArray[np.int64], codebook: npt.NDArray[np.float32]) -
         raise ValueError(f"codes must lie in [0, {codebook.shape[1]}); got [{codes.min()}, {codes.max()}]")
     heads = np.arange(codebook.shape[0])[None, :]  # (1, h)
     return codebook[heads, codes]  # (n, h, dh)
-
-
-def vq_encode_margin(
-    x: npt.NDArray[np.float32], codebook: npt.NDArray[np.float32]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """Codes as `vq_encode` plus margin (n, h) float32 = `(sqrt(d2) − sqrt(d1)) / 2`, clamped ≥ 0.
-
-    d_k = max(‖x‖² − 2·x·c_k + ‖c_k‖², 0); d1 is the distance of the chosen code, d2 the smallest
-    distance of any other code (+inf when K = 1, so the margin is +inf). In exact arithmetic d1, d2
-    are the two smallest distances, and by the triangle inequality any x' with ‖x' − x‖ < margin has
-    the same nearest code.
-    """
-    scores = _vq_scores(x, codebook)  # (n, h, K)
-    codes = np.argmin(scores, axis=-1)  # (n, h)
-    xnorm = np.sum(np.square(np.asarray(x, dtype=np.float32)), axis=-1, dtype=np.float32)  # (n, h)
-    dist = np.maximum(scores + xnorm[..., None], np.float32(0))  # (n, h, K)
-    d1 = np.take_along_axis(dist, codes[..., None], axis=-1)[..., 0]
-    others = dist.copy()
-    np.put_along_axis(others, codes[..., None], np.float32(np.inf), axis=-1)
-    d2 = np.min(others, axis=-1)
-    with np.errstate(invalid="ignore"):
-        margin = np.maximum((np.sqrt(d2) - np.sqrt(d1)) / np.float32(2), np.float32(0))
-    return codes.astype(np.int64), margin.astype(np.float32)
