@@ -43,9 +43,10 @@ def attend_graph(codebook: np.ndarray, num_heads: int, num_kv_heads: int, head_d
 
 def refine_graph(num_heads: int, num_kv_heads: int, head_dim: int) -> onnx.ModelProto:
     """The float64 `refine` model shared by all layers: the same rows as `attend` with float64 scores,
-    softmax and sums (no encode; the runtime encodes in float64). Run on the few rows whose code the
-    float32 result cannot prove, and, on one row with exactly its keys in position order, as the
-    canonical computation of a near-tie row."""
+    softmax and sums (no encode; the runtime encodes in float64). The runtime runs it on one row with
+    exactly its keys in position order: the canonical computation of a near-tie row that float64 with
+    the row's own key order cannot decide either (rows float32 cannot prove are first settled in numpy
+    float64, per head)."""
     return _attention_model(num_heads, num_kv_heads, head_dim, None)
 
 

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from vqinc.model.transformer import VQTransformer, causal_attention
-from vqinc.ops import functions
 from vqinc.ops.domain import ONNX_OPSET
 from vqinc.ops.torch_ops import attach_functions, custom_translation_table
 
@@ -131,12 +130,4 @@ def export_graph(module: nn.Module, args: tuple, input_names: list[str], output_
         )
     proto = attach_functions(prog.model_proto)
     save_graph(proto, path, external_data_bytes)
-    return proto
-
-
-def write_attention_graph(path: Path, head_dim: int) -> onnx.ModelProto:
-    """The shared float64 AttentionPartial graph (no weights), the runtime's canonical computation of
-    near-tie rows: one custom node with its function body."""
-    proto = functions.make_op_model("AttentionPartial", scale=float(head_dim) ** -0.5)
-    onnx.save_model(proto, str(path))
     return proto

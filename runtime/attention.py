@@ -26,6 +26,8 @@ from vqinc.runtime.state import LayerState
 I64 = npt.NDArray[np.int64]
 OVERFLOW = 80.0
 """A key whose weight exp(s − m) exceeds e^80 (near float32's limit) is left to a full recomputation."""
+CHUNK_ROWS = 192
+"""Recomputes of more rows than this run in chunks over the keys each chunk can see (a causal saving)."""
 CANCELLATION = 0.25
 """A row whose denominator's error bound exceeds this fraction of it is recomputed (the movement bound
 divides by den − err, so it stays sound below this; the limit only keeps it from growing useless)."""
@@ -164,8 +166,16 @@ def recompute_rows(run_attend: AttendFn, run_refine: AttendFn, layer: LayerState
     near-tie row runs the very same computation on the very same inputs, so summation order cannot
     split them."""
     rows = _Rows(layer, slots, kmax, vmax, codebook, spec)
-    o, m, den, codes = run_attend(layer.q[:, slots], layer.k, layer.v, pos[slots], pos)
-    rows.store(slice(None), np.arange(len(slots)), o.astype(np.float64), m, den, codes.T, U32, layer.k.shape[1])
+    if len(slots) <= CHUNK_ROWS:  # few rows: attend over the whole key buffer, no copies
+        o, m, den, codes = run_attend(layer.q[:, slots], layer.k, layer.v, pos[slots], pos)
+        rows.store(slice(None), np.arange(len(slots)), o.astype(np.float64), m, den, codes.T, U32, layer.k.shape[1])
+    else:  # many rows (a rebuild, a dense suffix): chunks in position order, each over the keys it can see
+        by_pos = np.argsort(pos[slots], kind="stable")
+        for idx in np.array_split(by_pos, -(-len(slots) // CHUNK_ROWS)):
+            keys = order[:int(pos[slots[idx]].max()) + 1]
+            k, v = np.ascontiguousarray(layer.k[:, keys]), np.ascontiguousarray(layer.v[:, keys])
+            o, m, den, codes = run_attend(layer.q[:, slots[idx]], k, v, pos[slots[idx]], np.arange(len(keys)))
+            rows.store(slice(None), idx, o.astype(np.float64), m, den, codes.T, U32, len(keys))
     unsure = rows.unsure()  # (H, R)
     refined = int(unsure.sum())
     for h in np.nonzero(unsure.any(axis=1))[0]:

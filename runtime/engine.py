@@ -154,13 +154,16 @@ class Engine:
         plan = plan_layer(st.pos, st.order, job.changed, job.shape, spec.positions, job.is_new, self.need_rate[li])
         dirty_q, dirty_k, dirty_v = self._dirty_qkv(job, li, plan)
         stats.rows["embed_qkv"].append(len(plan.dirty))
-        keys = self._key_delta(job, L, plan, dirty_k, dirty_v)
-        need = lazy_update(L, plan.lazy, st.pos[plan.lazy], keys, self.codebooks[li], spec)
+        if len(plan.lazy):
+            keys = self._key_delta(job, L, plan, dirty_k, dirty_v)
+            need = lazy_update(L, plan.lazy, st.pos[plan.lazy], keys, self.codebooks[li], spec)
+        else:
+            need = np.zeros(0, bool)
         if len(plan.lazy) and plan.changed_keys:
             observed = 1.0 - (1.0 - need.mean()) ** (1.0 / plan.changed_keys)
             self.need_rate[li] = 0.7 * self.need_rate[li] + 0.3 * observed
         stats.rows["lazy"].append(len(plan.lazy))
-        stats.macs += int(len(plan.lazy) * keys.size * spec.num_heads * spec.head_dim)
+        stats.macs += int(len(plan.lazy) * plan.changed_keys * spec.num_heads * spec.head_dim)
         self._store_qkv(st, li, plan.dirty, dirty_q, dirty_k, dirty_v)
         recompute = np.union1d(plan.recompute, plan.lazy[need]).astype(np.int64)
         code_changed = EMPTY
@@ -209,6 +212,8 @@ class Engine:
             job.stats.macs += len(plan.qkv) * self.macs["qkv"].per_row
             rows = np.concatenate([rows, plan.qkv])
             parts = tuple(np.concatenate([a, b]) for a, b in zip(parts, moved, strict=True))
+        if not len(plan.qkv):  # rows are job.changed, sorted already
+            return parts
         perm = np.argsort(rows, kind="stable")  # plan.dirty is the sorted union of the two
         return tuple(a[perm] for a in parts)
 

@@ -64,7 +64,7 @@ class ReplaySummary:
             ("MACs per edit (median)", f"{np.median(macs):,.0f} vs full {np.median(full):,.0f}"),
             ("ops saved (median ratio / total ratio)", f"{np.median(ratio):.1f}x / {full.sum() / macs.sum():.1f}x"),
             ("label changes", f"{self.label_changes}"),
-            ("near-tie codes (margin < 1e-5)", f"{sum(e.near_ties for e in self.edits)}"),
+            ("codes float32 could not prove (settled in float64)", f"{sum(e.near_ties for e in self.edits)}"),
         ]
         if self.checked_revisions:
             rows.append(("vs fresh build (revisions / code flips / max dlogit)",

@@ -3,7 +3,8 @@
 An insertion in the middle of a document would otherwise shift every per-layer array; instead each
 row lives in a fixed slot, `order[i]` names the slot of position i and `pos[slot]` the position of a
 slot (-1 when free). Graphs read whole K/V buffers with `pos` as the key positions, so no edit
-gathers or shifts them. Slots freed by an edit are reused later; capacity grows by a quarter.
+gathers or shifts them. Slots freed by an edit are reused later; capacity grows by a quarter, and
+after large deletions the rows are compacted back to an eighth of spare capacity (`compact`).
 
 Per layer and slot the state keeps what an edit needs to avoid recomputing rows: the layer input x,
 q, k, v, and per head a small attention summary (m, den, den_err, margin, radius) plus the code. The
@@ -114,6 +115,30 @@ class DocState:
     def release(self, slots: I64) -> None:
         self.pos[slots] = -1
         self.free.extend(int(s) for s in slots[::-1])
+        if self.capacity > 1.3 * self.n + 16 and self.capacity > 64:  # the state stays within ~3x a KV cache
+            self.compact()
+
+    def compact(self) -> None:
+        """Move the rows to slots 0 .. n-1 in position order and drop the spare capacity beyond a
+        margin (after large deletions). Values move, never change: every proof in the state still holds."""
+        n, order = self.n, self.order
+        cap = max(64, n + n // 8 + 16)
+        for layer in self.layers:
+            for f in fields(layer):
+                a = getattr(layer, f.name)
+                axis = 0 if f.name in ("x", "codes") else 1
+                b = np.zeros(a.shape[:axis] + (cap,) + a.shape[axis + 1:], a.dtype)
+                if axis == 0:
+                    b[:n] = a[order]
+                else:
+                    b[:, :n] = a[:, order]
+                setattr(layer, f.name, b)
+        y = np.zeros((cap, self.y.shape[1]), np.float32)
+        y[:n] = self.y[order]
+        self.y = y
+        self.order = np.arange(n, dtype=np.int64)
+        self.pos = np.concatenate([np.arange(n, dtype=np.int64), np.full(cap - n, -1, np.int64)])
+        self.free = list(range(cap - 1, n - 1, -1))
 
     def nbytes(self) -> int:
         """Memory held by the document's arrays (capacity included)."""

@@ -190,3 +190,15 @@ def test_edit_many_and_single_edits_from_threads_do_not_deadlock(loaded):
         assert d.text.endswith(base)
         assert d.text.count("x") == 30 + base.count("x") and d.text.count("y") == 15 + base.count("y")
         assert_same_as_fresh(model, d)
+
+
+def test_large_deletions_give_memory_back_and_stay_exact(loaded):
+    model = loaded["llama-none"]
+    doc = model.document("The proposal adds a keyword to the grammar. " * 12)
+    cap = doc.state.capacity
+    doc.edit(10, len(doc.text) - 10, "")
+    assert doc.state.capacity < cap / 2  # compacted to the rows left
+    assert doc.state.order.tolist() == list(range(doc.state.n))
+    assert_same_as_fresh(model, doc)
+    doc.edit(5, 5, " grows again: the proposal adds a keyword")
+    assert_same_as_fresh(model, doc)

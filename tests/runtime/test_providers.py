@@ -32,7 +32,7 @@ def test_a_string_is_refused_not_iterated(exported):
 def test_a_non_list_or_non_str_entry_is_a_type_error_not_blamed_on_a_graph(exported, bad):
     with pytest.raises(TypeError, match="providers must be") as info:
         Model.load(exported["llama-none"].model_dir, providers=bad)
-    assert "embed.onnx" not in str(info.value)
+    assert ".onnx" not in str(info.value)
 
 
 def test_unknown_and_empty_provider_lists(exported):
