@@ -14,6 +14,27 @@ from pathlib import Path
 EXPORT_HINT = "pip install 'vqinc[export]' (or: pip install torch==2.13.0 transformers onnx onnxscript safetensors)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `vqinc run: error: argument --threads: invalid int value: 'x'`, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _check_args(a: argparse.Namespace) -> None:
+    """Flags the parser cannot range-check, before anything loads: ValueError names the flag and the rule."""
+    threads = getattr(a, "threads", None)
+    if threads is not None:
+        from vqinc.runtime.sessions import MAX_THREADS
+
+        if not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"--threads must be in 1..{MAX_THREADS} (ONNX Runtime's pool size), got {threads}")
+    for flag, low in (("max_tokens", 1), ("max_revisions", 0), ("limit", 0), ("max_chars", 1)):
+        v = getattr(a, flag, None)
+        if v is not None and v < low:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= {low}, got {v}")
+
+
 def _need_export_extra(what: str) -> None:
     """Check (without importing anything) that the export extra is installed; name the fix if not."""
     import importlib.util
@@ -40,7 +61,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     _need_export_extra("train")
     from vqinc.model.train import TrainConfig, train
 
-    p = argparse.ArgumentParser(prog="vqinc train", description=TrainConfig.__doc__)
+    p = _Parser(prog="vqinc train", description=TrainConfig.__doc__)
     _dataclass_args(p, TrainConfig)
     ns = p.parse_args(a.args)
     cfg = TrainConfig(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)})
@@ -106,9 +127,26 @@ def _load(model_dir: str | None, threads: int | None, providers: list[str] | Non
     return Model.load(model_dir, threads=threads, providers=providers)
 
 
+def _read_text(file: str) -> str:
+    """A UTF-8 text file (`-`: stdin); ValueError naming the file when it is not one."""
+    name = "stdin" if file == "-" else file
+    try:
+        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{name}: a directory, not a text file") from None
+    except OSError as e:
+        raise ValueError(f"{name}: cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name}: not UTF-8 text (byte {e.start}: {e.reason}); vqinc classifies text files") from None
+
+
 def cmd_run(a: argparse.Namespace) -> int:
+    text = _read_text(a.file)  # before the model loads: a bad file fails fast
     model = _load(a.model_dir, a.threads, a.providers)
-    text = sys.stdin.read() if a.file == "-" else Path(a.file).read_text(encoding="utf-8")
     doc = model.document(text[: a.max_chars] if a.max_chars else text)
     probs = {lab: round(float(p), 4) for lab, p in zip(model.labels, doc.probs, strict=True)}
     print(json.dumps({"label": doc.label, "probs": probs, "tokens": len(doc.token_ids),
@@ -139,14 +177,14 @@ def _replay(model, traces, a) -> int:
 def cmd_replay(a: argparse.Namespace) -> int:
     from vqinc.runtime.traces import git_file_history, read_trace_file
 
-    model = _load(a.model_dir, a.threads, a.providers)
     if (a.trace is None) == (a.git is None):
-        raise SystemExit("vqinc replay: give exactly one of --trace TRACE.jsonl[.gz] or --git PATH")
-    if a.trace:
+        raise ValueError("give exactly one of --trace TRACE.jsonl[.gz] or --git PATH")
+    if a.trace:  # traces first: a bad file fails before the model loads
         traces = list(read_trace_file(a.trace, limit=a.limit))
     else:
         p = Path(a.git).resolve()
         traces = [git_file_history(p.parent, p, max_revisions=a.max_revisions)]
+    model = _load(a.model_dir, a.threads, a.providers)
     return _replay(model, traces, a)
 
 
@@ -156,10 +194,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     root = Path(a.model_dir) if a.model_dir else default_model_dir()
     if not (root / "manifest.json").exists():
-        raise SystemExit(f"vqinc demo: no bundled model at {root} (train and export one: see README)")
-    model = _load(str(root), a.threads, a.providers)
-    print(f"model {root.name}: {model.num_layers} layers, d={model.d_model}, labels {list(model.labels)}; "
-          f"test accuracy {model.manifest.info.get('student', {}).get('accuracy', 'n/a')}")
+        raise ValueError(f"no model at {root} (train and export one: see README)")
     if a.trace:
         traces = list(read_trace_file(a.trace, limit=a.limit or 1))
     else:
@@ -167,7 +202,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
         try:
             traces = [git_file_history(readme.parent, readme, max_revisions=a.max_revisions)]
         except ValueError as e:
-            raise SystemExit(f"vqinc demo: {e}; pass --trace ../shared/data/pep-revisions.jsonl.gz") from e
+            raise ValueError(f"{e}; pass --trace ../shared/data/pep-revisions.jsonl.gz") from None
+    model = _load(str(root), a.threads, a.providers)
+    print(f"model {root.name}: {model.num_layers} layers, d={model.d_model}, labels {list(model.labels)}; "
+          f"test accuracy {model.manifest.info.get('student', {}).get('accuracy', 'n/a')}")
     a.live = True
     return _replay(model, traces, a)
 
@@ -197,7 +235,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vqinc", description="Incremental VQ transformer inference on edited text")
+    p = _Parser(prog="vqinc", description="Incremental VQ transformer inference on edited text")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", add_help=False,
@@ -273,9 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         a = build_parser().parse_args(argv)
     try:
+        _check_args(a)
         return a.fn(a)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
-        print(f"vqinc {a.cmd}: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as e:  # user errors (ModelDirError is a ValueError): one line, exit 2
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"vqinc {a.cmd}: error: {msg}", file=sys.stderr)
         return 2
 
 

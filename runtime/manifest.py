@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,8 @@ def load_manifest(model_dir: str | Path, check_hashes: bool = True) -> Manifest:
 def _read_json(path: Path) -> dict:
     root = path.parent
     if not path.is_file():
+        if path.is_symlink():
+            raise ModelDirError(f"{path}: a symbolic link to nothing readable (a loop or a missing target)")
         raise ModelDirError(f"{path}: missing (is {root} a vqinc model directory? create one with `vqinc export`)")
     try:
         if path.stat().st_size > MAX_MANIFEST_BYTES:
@@ -243,15 +246,17 @@ def _file_entry(path: Path, rel: Any, e: Any) -> FileEntry:
 
 def _check_file(root: Path, rel: str, entry: FileEntry, check_hash: bool) -> None:
     p = root / rel
-    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+    if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
         raise ModelDirError(f"{MANIFEST}: file path {rel!r} escapes the model directory {root}")
     try:
         if p.is_symlink():
             raise ModelDirError(f"{root}: {rel} is a symbolic link; model files must be regular files")
         if not p.is_file():
-            raise ModelDirError(f"{root}: {rel} is missing")
+            raise ModelDirError(f"{root}: {rel} is " + ("not a regular file" if p.exists() else "missing"))
+        if not _inside(root, p):  # a symbolic link higher up (a linked folder)
+            raise ModelDirError(f"{root}: {rel} leads outside the model directory through a symbolic link")
         size = p.stat().st_size
-    except OSError as e:  # a symlink loop, a permission problem
+    except OSError as e:  # a permission problem, a name the file system refuses
         raise ModelDirError(f"{root}: {rel} cannot be read ({e.strerror or e})") from None
     if size != entry.bytes:
         raise ModelDirError(f"{root}: {rel} is {size} bytes but the manifest records {entry.bytes} "
@@ -259,3 +264,8 @@ def _check_file(root: Path, rel: str, entry: FileEntry, check_hash: bool) -> Non
     if check_hash and file_sha256(p) != entry.sha256:
         raise ModelDirError(f"{root}: {rel} does not match its sha256 in the manifest (corrupt or replaced file)")
 
+
+
+def _inside(root: Path, p: Path) -> bool:
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_root, os.path.realpath(p)]) == real_root

@@ -52,8 +52,9 @@ class Model:
         if tokenizer.get_vocab_size() > spec.vocab_size:
             raise ModelDirError(f"{root}: {manifest.tokenizer} has {tokenizer.get_vocab_size()} tokens, more "
                                 f"than the model's vocabulary {spec.vocab_size}")
+        executor = Executor(root, manifest, spec, providers, threads)  # checks every graph's shapes against spec
         codebooks = _load_codebooks(root / manifest.codebooks, spec)
-        model = cls(root, manifest, Executor(root, manifest, spec, providers, threads), tokenizer, codebooks)
+        model = cls(root, manifest, executor, tokenizer, codebooks)
         if warm_up:
             model.warm_up()
         return model
@@ -150,12 +151,21 @@ class Model:
 
 
 def _load_codebooks(path: Path, spec: ModelSpec) -> np.ndarray:
-    try:
-        cb = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ModelDirError(f"{path.parent}: {path.name} is not a readable .npy array ({e})") from None
     want = (spec.num_layers, spec.num_heads, spec.num_codes, spec.head_dim)
-    if cb.shape != want or cb.dtype != np.float32 or not np.isfinite(cb).all():
-        raise ModelDirError(f"{path.parent}: {path.name} holds {cb.dtype} {cb.shape}; the model needs finite "
-                            f"float32 {want} (layers, heads, codes, head width)")
+    try:
+        with open(path, "rb") as f:  # the header first: an array is read only once its shape is the one wanted
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"format version {version}; 1.0 or 2.0 expected")
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
+            f.seek(0)
+            cb = np.load(f, allow_pickle=False) if shape == want and dtype == np.float32 else None
+    except (OSError, ValueError, EOFError) as e:
+        raise ModelDirError(f"{path.parent}: {path.name} is not a readable .npy array ({e})") from None
+    if cb is None or not np.isfinite(cb).all():
+        got = f"{dtype} {shape}" if cb is None else "values that are not finite"
+        raise ModelDirError(f"{path.parent}: {path.name} holds {got}; the model needs finite float32 {want} "
+                            "(layers, heads, codes, head width)")
     return cb

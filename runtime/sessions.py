@@ -18,7 +18,7 @@ from vqinc.runtime.blas import limit_blas_threads
 from vqinc.runtime.config import ModelSpec
 from vqinc.runtime.manifest import GraphSpec, ModelDirError
 from vqinc.runtime.providers import check_session
-from vqinc.runtime.stages import DYNAMIC, Stage, dim_sizes
+from vqinc.runtime.stages import DIM_FIELDS, DYNAMIC, Stage, dim_sizes
 
 _POOL: tuple[int, ...] | None = None
 MAX_THREADS = 256
@@ -73,6 +73,7 @@ class Graph:
             raise ModelDirError(f"{path.parent}: {path.name} has inputs {self.inputs} / outputs {self.outputs}, "
                                 f"the manifest says {list(spec.inputs)} / {list(spec.outputs)}")
         self._check_dims(path, stage, model)
+        self._check_indexes(path, stage, model)
 
     def _check_dims(self, path: Path, stage: Stage, model: ModelSpec) -> None:
         """Static dims of the graph's tensors must be the model's sizes; row axes must be dynamic."""
@@ -89,8 +90,27 @@ class Graph:
                     raise ModelDirError(f"{path.parent}: {path.name}: {t.name} has a fixed {sym} axis of {got}; "
                                         "re-export the model (row axes must be dynamic)")
                 if isinstance(got, int) and got != sizes[sym]:
-                    raise ModelDirError(f"{path.parent}: {path.name}: {t.name} has shape {t.shape}, but the "
-                                        f"manifest's model has {sym} = {sizes[sym]}")
+                    raise ModelDirError(f"{path.parent}: {path.name}: {t.name} has shape {t.shape} {list(expected)}, "
+                                        f"but the manifest's model has {sym} = {DIM_FIELDS[sym]} = {sizes[sym]}")
+
+    def _check_indexes(self, path: Path, stage: Stage, model: ModelSpec) -> None:
+        """Tables inside the graph (embeddings) must cover the config's range: run the graph once on the largest
+        index of each (two rows). A smaller table would otherwise fail at the first document that uses it."""
+        if not stage.indexes or not set(self.inputs) <= {name for name, _ in stage.indexes}:
+            return
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the failure is reported below, as a ModelDirError
+        for name, field in stage.indexes:
+            if name not in self.inputs:  # e.g. positions in mode `none`: dropped at export
+                continue
+            top = getattr(model, field) - 1
+            feeds = {n: np.array([0, top if n == name else 0], np.int64) for n in self.inputs}
+            try:
+                self.session.run(None, feeds, quiet)
+            except Exception as e:  # ORT raises its own exception types (InvalidArgument, Fail, ...)
+                why = str(e).splitlines()[0].split("Status Message: ", 1)[-1][:200]
+                raise ModelDirError(f"{path.parent}: {path.name} refuses {name} = {top}, but the manifest's model "
+                                    f"has arch.{field} = {top + 1}: its table is smaller ({why})") from None
 
     def run(self, **feeds: np.ndarray) -> list[np.ndarray]:
         for n in self.inputs:

@@ -38,6 +38,10 @@ class Stage:
     d, H, Hkv, dh, K, L, labels are the model's sizes (checked against the graphs at load)."""
     optional: bool = False
     """May be absent from a model directory (loaded on first use)."""
+    indexes: tuple[tuple[str, str], ...] = ()
+    """Integer inputs that index a table inside the graph (an embedding), each with the `ModelSpec` field
+    that bounds it: the graph must accept every value below that field (checked at load; the tables are
+    initializers, invisible in the graph's I/O shapes)."""
 
     def layer_indices(self, num_layers: int) -> range | None:
         """The layers this stage has a graph for; None for a global stage."""
@@ -55,7 +59,8 @@ class Stage:
 _ROWS = (("q", ("R", "H", "dh")), ("k", ("R", "Hkv", "dh")), ("v", ("R", "Hkv", "dh")))
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("embed_qkv", "embed_qkv.onnx", "global", ("ids", "positions"), ("x", "q", "k", "v"),
-          (("ids", ("R",)), ("positions", ("R",)), ("x", ("R", "d")), *_ROWS)),
+          (("ids", ("R",)), ("positions", ("R",)), ("x", ("R", "d")), *_ROWS),
+          indexes=(("ids", "vocab_size"), ("positions", "max_positions"))),
     Stage("attend", "layers.%d.attend.onnx", "layers", ("q", "k", "v", "qpos", "kpos"), ("o", "m", "den", "codes"),
           (("q", ("H", "R", "dh")), ("k", ("Hkv", "C", "dh")), ("v", ("Hkv", "C", "dh")), ("qpos", ("R",)),
            ("kpos", ("C",)), ("o", ("H", "R", "dh")), ("m", ("H", "R")), ("den", ("H", "R")), ("codes", ("R", "H")))),
@@ -71,7 +76,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           (("q", ("H", "R", "dh")), ("k", ("Hkv", "C", "dh")), ("v", ("Hkv", "C", "dh")), ("qpos", ("R",)),
            ("kpos", ("C",)), ("o", ("H", "R", "dh")), ("m", ("H", "R")), ("den", ("H", "R")))),
     Stage("full", "full.onnx", "global", ("ids",), ("logits", "codes"),
-          (("ids", ("R",)), ("logits", ("one", "labels")), ("codes", ("L", "R", "H"))), optional=True),
+          (("ids", ("R",)), ("logits", ("one", "labels")), ("codes", ("L", "R", "H"))), optional=True,
+          indexes=(("ids", "vocab_size"),)),
 )}
 """Every stage, by name."""
 
@@ -81,6 +87,12 @@ attention state was updated without recomputing the row)."""
 
 
 DYNAMIC = ("R", "C", "B")
+
+
+DIM_FIELDS = {"d": "arch.d_model", "H": "arch.num_heads", "Hkv": "arch.num_kv_heads",
+              "dh": "arch.d_model / arch.num_heads", "K": "vq.num_codes", "L": "arch.num_layers",
+              "labels": "the number of labels", "one": "one row"}
+"""Where each static symbol of `Stage.dims` comes from in manifest.json's model config (for error messages)."""
 
 
 def dim_sizes(spec: ModelSpec) -> dict[str, int]:
