@@ -42,7 +42,7 @@ def _need_export_extra(what: str) -> None:
     missing = [m for m in ("torch", "transformers", "onnx", "onnxscript", "safetensors")
                if importlib.util.find_spec(m) is None]
     if missing:
-        raise SystemExit(f"vqinc {what} needs the export extra ({', '.join(missing)} missing): {EXPORT_HINT}")
+        raise SetupError(f"needs the export extra ({', '.join(missing)} missing): {EXPORT_HINT}")
 
 
 def _dataclass_args(p: argparse.ArgumentParser, cls) -> None:
@@ -228,7 +228,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "edits.py"
     if not script.exists():
-        raise SystemExit("vqinc bench runs from a source checkout (benchmarks/edits.py not found)")
+        raise SetupError("runs from a source checkout (benchmarks/edits.py not found)")
     sys.argv = [str(script), *a.args]
     runpy.run_path(str(script), run_name="__main__")
     return 0
@@ -304,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class SetupError(RuntimeError):
+    """The environment lacks something a subcommand needs (an extra, a source checkout): one line, exit 2."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("train", "bench"):  # their flags belong to another parser (REMAINDER can't take them)
@@ -313,10 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_args(a)
         return a.fn(a)
-    except (ValueError, TypeError, OSError) as e:  # user errors (ModelDirError is a ValueError): one line, exit 2
+    except (ValueError, TypeError, OSError, SetupError) as e:  # user errors (ModelDirError is a ValueError)
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"vqinc {a.cmd}: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"vqinc {a.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
