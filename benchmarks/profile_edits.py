@@ -1,6 +1,6 @@
 """Where the time of an edit goes: cProfile over real PEP edits at one window length.
 
-Usage: python benchmarks/profile_edits.py [--model-dir DIR] [--n 1024] [--docs 2] [--edits 30]
+Usage: python benchmarks/profile_edits.py [--model-dir DIR] [--n 1024] [--docs 2] [--edits 30] [--keystroke]
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=1024)
     p.add_argument("--docs", type=int, default=2)
     p.add_argument("--edits", type=int, default=30)
+    p.add_argument("--keystroke", action="store_true", help="type each inserted span one character at a time")
     a = p.parse_args(argv)
     model = Model.load(a.model_dir)
-    docs = [(model.document(text), edits) for _, text, edits in workload(model, a.trace, a.n, a.docs, a.edits, False)]
+    work = workload(model, a.trace, a.n, a.docs, a.edits, a.keystroke)
+    docs = [(model.document(text), edits) for _, text, edits in work]
     prof = cProfile.Profile()
     prof.enable()
     for doc, edits in docs:
@@ -41,8 +43,9 @@ def main(argv=None) -> int:
     calls = sum(v[1] for k, v in stats.stats.items() if k[0] == "~" and "onnxruntime_pybind11_state.run" in k[2])
     ort = sum(v[2] for k, v in stats.stats.items() if k[0] == "~" and "onnxruntime_pybind11_state.run" in k[2])
     n_edits = sum(len(e) for _, e in docs)
-    ms = [s.wall_ms for d, _ in docs for s in d.history[1:]]
-    print(f"{n_edits} edits at n={a.n}: {total:.2f} s profiled, {ort / total:.0%} inside ORT run "
+    ms = [s.wall_ms for d, _ in docs for s in list(d.history)[1:]]
+    kind = "keystrokes" if a.keystroke else "atomic edits"
+    print(f"{n_edits} {kind} at n={a.n}: {total:.2f} s profiled, {ort / total:.0%} inside ORT run "
           f"({calls / n_edits:.1f} calls per edit); median {np.median(ms):.2f} ms per edit")
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(8)
