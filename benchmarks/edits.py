@@ -92,7 +92,10 @@ def workload(model: Model, trace_path: Path, n_tokens: int, num_docs: int, edits
             le = win.local(e.at, e.delete, e.insert)
             if le is not None:
                 local.append(le)
-            if len(local) >= edits_per_doc or win.end - win.start > 2 * len(start_text):
+            # a row labelled n must edit a document of about n tokens: stop when the window has doubled, or
+            # halved (a revision that rewrites the whole text would otherwise have us type a new one from
+            # scratch, timing tiny documents under the label n)
+            if len(local) >= edits_per_doc or not len(start_text) / 2 <= win.end - win.start <= 2 * len(start_text):
                 break
         if local:
             out.append((tr.doc_id, start_text, local))
