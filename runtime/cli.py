@@ -29,8 +29,9 @@ def _dataclass_args(p: argparse.ArgumentParser, cls) -> None:
         default = f.default
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif default is None:
-            p.add_argument(flag, type=int, default=None)
+        elif default is None:  # optional field: its annotation (a string, "int | None") names the type
+            kind = next((t for t in (str, float, int) if str(f.type).startswith(t.__name__)), int)
+            p.add_argument(flag, type=kind, default=None)
         else:
             p.add_argument(flag, type=type(default), default=default)
 
@@ -44,8 +45,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     ns = p.parse_args(a.args)
     cfg = TrainConfig(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)})
     info = train(cfg)
-    print(json.dumps({k: info[k] for k in ("dataset", "num_train", "num_test", "teacher", "student")}, indent=2))
-    print(f"checkpoint: {Path(cfg.out) / 'checkpoint'}")
+    keys = ("dataset", "num_train", "num_test", "majority_baseline", "pretrain", "teacher", "student")
+    print(json.dumps({k: info[k] for k in keys if k in info}, indent=2))
+    if "student" in info:
+        print(f"checkpoint: {Path(cfg.out) / 'checkpoint'}")
     return 0
 
 
