@@ -126,26 +126,54 @@ def cmd_replay(a: argparse.Namespace) -> int:
     return _replay(model, traces, a)
 
 
+def bundled_histories() -> Path:
+    """Real revision histories of dev-split PEPs shipped for the demo (see benchmarks/demo_traces.py)."""
+    return Path(__file__).resolve().parent / "data" / "pep-dev-histories.jsonl.gz"
+
+
+def _true_labels(path: Path) -> dict[str, str]:
+    """doc_id -> `label` of trace records that carry one (the bundled histories do)."""
+    import gzip
+
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8")) as f:
+        records = (json.loads(line) for line in f if line.strip())
+        return {str(r["doc_id"]): str(r["label"]) for r in records if "label" in r}
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from vqinc.runtime.model import default_model_dir
+    from vqinc.runtime.replay import ReplaySummary, replay_trace
     from vqinc.runtime.traces import git_file_history, read_trace_file
 
     root = Path(a.model_dir) if a.model_dir else default_model_dir()
     if not (root / "manifest.json").exists():
         raise SystemExit(f"vqinc demo: no bundled model at {root} (train and export one: see README)")
     model = _load(str(root), a.threads)
+    student = model.manifest.info.get("student", {})
     print(f"model {root.name}: {model.num_layers} layers, d={model.d_model}, labels {list(model.labels)}; "
-          f"test accuracy {model.manifest.info.get('student', {}).get('accuracy', 'n/a')}")
-    if a.trace:
-        traces = list(read_trace_file(a.trace, limit=a.limit or 1))
+          f"test accuracy {student.get('accuracy', 'n/a')}, macro-F1 {student.get('macro_f1', 'n/a')} "
+          f"({model.manifest.info.get('dataset', '?')})")
+    labels: dict[str, str] = {}
+    if a.git:
+        target = Path(a.git).resolve()
+        traces = [git_file_history(target.parent, target, max_revisions=a.max_revisions)]
     else:
-        readme = Path(a.git or "README.md").resolve()
-        try:
-            traces = [git_file_history(readme.parent, readme, max_revisions=a.max_revisions)]
-        except ValueError as e:
-            raise SystemExit(f"vqinc demo: {e}; pass --trace ../shared/data/pep-revisions.jsonl.gz") from e
-    a.live = True
-    return _replay(model, traces, a)
+        path = Path(a.trace) if a.trace else bundled_histories()
+        if not path.exists():
+            raise SystemExit(f"vqinc demo: {path} not found; pass --trace ../shared/data/pep-revisions.jsonl.gz "
+                             "or --git FILE")
+        traces = list(read_trace_file(path, limit=a.limit))
+        labels = _true_labels(path)
+    summary = ReplaySummary()
+    for trace in traces:
+        truth = f", true label: {labels[trace.doc_id]}" if trace.doc_id in labels else ""
+        print(f"\n{trace.doc_id}: {len(trace.revisions)} revisions, {trace.num_edits} edits{truth}")
+        replay_trace(model, trace, max_tokens=a.max_tokens, summary=summary, on_revision=_print_revision,
+                     max_revisions=a.max_revisions, check=a.check)
+    print(summary.table())
+    return 0
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
