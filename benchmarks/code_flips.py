@@ -112,7 +112,7 @@ def trace_flips(model: Model, a) -> dict:
             after0 = np.arange(p + removed, len(ids0)) + 1  # +1: BOS is row 0 of the codes
             after1 = np.arange(p + inserted, len(ids1)) + 1
             changed = (codes0[:, after0] != codes1[:, after1]).any(axis=2)  # (L, positions after the edit)
-            rows.append({"doc": doc_id, "k": k, "tokens": len(ids1), "removed": removed, "inserted": inserted,
+            rows.append({"doc": doc_id, "k": k, "tokens": len(ids1), "at": p, "removed": removed, "inserted": inserted,
                          "after": len(after1), "flipped": changed.sum(axis=1).tolist(),
                          "macs": st.macs, "full_macs": st.full_macs, "savings": st.savings,
                          "post_rows": st.rows.get("post"), "near_ties": st.near_ties})

@@ -39,6 +39,15 @@ def test_every_kind_occurs():
     assert kinds == {"insert", "delete", "replace"}
 
 
+def test_edit_positions_lean_to_the_start_but_cover_the_document():
+    ids = list(range(1, 1001))
+    rng = random.Random(0)
+    starts = [random_edit(ids, rng, 20).start for _ in range(2000)]
+    early = sum(s < 32 for s in starts) / len(starts)
+    assert 0.2 < early < 0.4  # uniform alone would give about 3 %
+    assert sum(s >= 500 for s in starts) / len(starts) > 0.2 and max(starts) > 950
+
+
 def test_edit_refuses_one_token_documents():
     with pytest.raises(ValueError, match=">= 2 tokens"):
         random_edit([5], random.Random(0))
