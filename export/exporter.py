@@ -1,7 +1,7 @@
 """`vqinc export`: a trained VQ checkpoint -> a model directory (ARCHITECTURE.md).
 
-Writes the stage graphs, the shared attention graph, the monolithic graph, tokenizer.json and
-manifest.json (sizes, I/O names, per-row multiply-accumulates, fingerprint).
+Writes one graph per entry of the stage table (`vqinc.runtime.stages.STAGES`), tokenizer.json and
+manifest.json (I/O names, multiply-accumulates, fingerprint, size and sha256 of every file).
 """
 
 from __future__ import annotations
@@ -10,15 +10,27 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from vqinc.export import stages
+from vqinc.export.attend import attend_graph, refine_graph
 from vqinc.model.checkpoint import load_checkpoint
-from vqinc.model.config import ModelConfig
 from vqinc.model.transformer import VQTransformer
-from vqinc.runtime.manifest import FORMAT_VERSION, MANIFEST, GraphSpec, Manifest, fingerprint, graph_files
+from vqinc.runtime.config import ModelSpec
+from vqinc.runtime.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    FileEntry,
+    GraphSpec,
+    Manifest,
+    file_sha256,
+    fingerprint,
+    graph_files,
+)
+from vqinc.runtime.stages import STAGES, stage_macs
 
 
 def weights_sha256(model: VQTransformer) -> str:
@@ -29,23 +41,30 @@ def weights_sha256(model: VQTransformer) -> str:
     return h.hexdigest()
 
 
-def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
-    """File names, I/O names and multiply-accumulates per row of every stage graph."""
-    a, K = cfg.arch, cfg.vq.num_codes
-    d, dh = a.d_model, a.head_dim
-    mlp = (3 if a.family == "llama" else 2) * d * a.d_ff
-    res = K * d if cfg.vq.residual else 0
-    return {
-        "embed": GraphSpec("embed.onnx", ("ids", "positions"), ("x",), 0),
-        "qkv": GraphSpec("layers.%d.qkv.onnx", ("x", "positions"), ("q", "k", "v"),
-                         d * (a.num_heads + 2 * a.num_kv_heads) * dh),
-        "attention": GraphSpec("attention.onnx", ("q", "k", "v", "mask", "m_in"), ("m_out", "den", "num"),
-                               2 * a.num_heads * dh),
-        "encode": GraphSpec("layers.%d.encode.onnx", ("attn",), ("codes", "margin"), K * d),
-        "post": GraphSpec("layers.%d.post.onnx", ("x", "codes"), ("x_out",), d * d + mlp + res),
-        "final": GraphSpec("final.onnx", ("x",), ("y",), 0),
-        "head": GraphSpec("head.onnx", ("pooled",), ("logits",), d * len(cfg.labels)),
-    }
+def graph_specs(spec: ModelSpec, full_graph: bool = True) -> dict[str, GraphSpec]:
+    """File names, I/O names and multiply-accumulates of every graph this model has."""
+    macs = stage_macs(spec)
+    return {name: GraphSpec(st.file, st.inputs, st.outputs, macs[name].per_row, macs[name].per_pair)
+            for name, st in STAGES.items() if st.needed(spec) and (full_graph or name != "full")}
+
+
+def _jobs(model: VQTransformer, spec: ModelSpec, specs: dict[str, GraphSpec]) -> list[tuple]:
+    """(stage, layer, torch module, example args) of every graph exported from torch."""
+    n = 5  # example row count; the row axis is dynamic
+    ids = torch.randint(0, spec.vocab_size, (n,))
+    pos = torch.arange(n)
+    x = torch.randn(n, spec.d_model)
+    codes = torch.randint(0, spec.num_codes, (n, spec.num_heads))
+    jobs: list[tuple] = [("embed_qkv", None, stages.EmbedQKV(model), (ids, pos))]
+    for i in range(spec.num_layers - 1):
+        jobs.append(("post", i, stages.PostQKV(model, i), (x, codes, pos)))
+    jobs.append(("final", None, stages.Final(model), (x, codes)))
+    if "qkv" in specs:
+        jobs += [("qkv", i, stages.QKV(model, i), (x, pos)) for i in range(spec.num_layers)]
+    jobs.append(("head", None, stages.Head(model), (x[:2],)))
+    if "full" in specs:
+        jobs.append(("full", None, stages.Full(model), (ids,)))
+    return jobs
 
 
 @torch.no_grad()
@@ -64,51 +83,43 @@ def export_model(
     else:
         model, tok = source
     model = model.eval()
-    cfg = model.cfg
+    model_cfg = model.cfg.to_dict()
+    spec = ModelSpec.from_dict(model_cfg)
     out = Path(out_dir)
     foreign = [p for p in out.iterdir() if p.name not in ("__init__.py", "__pycache__")] if out.exists() else []
     if foreign and not (out / MANIFEST).exists():
         raise FileExistsError(f"{out} exists and is not a vqinc model directory; refusing to write into it")
     out.mkdir(parents=True, exist_ok=True)
-    specs = graph_specs(cfg)
-    a = cfg.arch
-    n = 5  # example row count; the row axis is dynamic
-    ids = torch.randint(0, a.vocab_size, (n,))
-    pos = torch.arange(n)
-    x = torch.randn(n, a.d_model)
-    jobs = [("embed", None, stages.Embed(model), (ids, pos))]
-    for i in range(a.num_layers):
-        codes = torch.randint(0, cfg.vq.num_codes, (n, a.num_heads))
-        jobs += [
-            ("qkv", i, stages.QKV(model, i), (x, pos)),
-            ("encode", i, stages.Encode(model, i), (torch.randn(n, a.num_heads, a.head_dim),)),
-            ("post", i, stages.Post(model, i), (x, codes)),
-        ]
-    jobs += [("final", None, stages.Final(model), (x,)), ("head", None, stages.Head(model), (x[:1],))]
-    bar = tqdm(jobs + ([("full", None, None, None)] if full_graph else []), desc="export", unit="graph",
-               disable=not show_progress)
-    full_spec = None
-    for name, layer, module, args in bar:
+    for old in foreign:  # a previous export: its graphs may not be part of this one
+        if old.suffix in (".onnx", ".data", ".json", ".npy") and old.is_file():
+            old.unlink()
+    specs = graph_specs(spec, full_graph)
+    jobs = _jobs(model, spec, specs)
+    bar = tqdm(total=len(jobs) + spec.num_layers + 1, desc="export", unit="graph", disable=not show_progress)
+    for name, layer, module, args in jobs:
         bar.set_postfix_str(name if layer is None else f"{name}.{layer}")
-        if name == "full":
-            full_spec = GraphSpec("full.onnx", ("ids",), ("logits", "codes"), 0)
-            stages.export_graph(stages.Full(model), (ids,), ["ids"], ["logits", "codes"], out / "full.onnx",
-                                external_data_bytes=external_data_bytes)
-            continue
-        spec = specs[name]
-        path = spec.path(out, layer)
-        dyn = {} if name == "head" else None
-        stages.export_graph(module, args, list(spec.inputs), list(spec.outputs), path, dyn, external_data_bytes)
-    stages.write_attention_graph(out / specs["attention"].file, a.head_dim)
+        g = specs[name]
+        dynamic = {n: 0 for n in g.inputs}
+        stages.export_graph(module, args, list(g.inputs), list(g.outputs), g.path(out, layer), dynamic,
+                            external_data_bytes)
+        bar.update()
+    for i, block in enumerate(model.layers):
+        proto = attend_graph(block.vq.codebook.detach().cpu().numpy(), spec.num_heads, spec.num_kv_heads,
+                             spec.head_dim)
+        stages.save_graph(proto, specs["attend"].path(out, i), external_data_bytes)
+        bar.update()
+    stages.save_graph(refine_graph(spec.num_heads, spec.num_kv_heads, spec.head_dim), specs["refine"].path(out))
+    bar.update()
+    bar.close()
     tok.save(str(out / "tokenizer.json"))
+    codebooks = np.stack([b.vq.codebook.detach().cpu().numpy().astype(np.float32) for b in model.layers])
+    np.save(out / "codebooks.npy", codebooks, allow_pickle=False)
     sha = weights_sha256(model)
-    model_cfg = cfg.to_dict()
     m = Manifest(format_version=FORMAT_VERSION, model=model_cfg, weights_sha256=sha,
-                 fingerprint=fingerprint(model_cfg, sha), graphs=specs, full_graph=full_spec, info=info or {})
-    files = [*graph_files(m), "tokenizer.json"]
-    files += [f + ".data" for f in graph_files(m) if (out / (f + ".data")).exists()]
-    sizes = {f: (out / f).stat().st_size for f in files}
-    m = Manifest(**{**m.__dict__, "file_sizes": sizes})
+                 fingerprint=fingerprint(model_cfg, sha), graphs=specs, info=info or {})
+    rels = [*graph_files(m, spec), "tokenizer.json", "codebooks.npy"]
+    rels += [r + ".data" for r in graph_files(m, spec) if (out / (r + ".data")).exists()]
+    files = {r: FileEntry((out / r).stat().st_size, file_sha256(out / r)) for r in rels}
+    m = Manifest(**{**m.__dict__, "files": files})
     (out / MANIFEST).write_text(m.to_json())
     return m
-

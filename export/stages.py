@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from vqinc.model.transformer import VQTransformer, causal_attention
-from vqinc.ops import functions
 from vqinc.ops.domain import ONNX_OPSET
 from vqinc.ops.torch_ops import attach_functions, custom_translation_table
 
@@ -24,16 +23,44 @@ ROWS = torch.export.Dim("n", min=1, max=1 << 16)
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
-class Embed(nn.Module):
+class EmbedQKV(nn.Module):
+    """ids, positions -> layer 0's input x and its q, k, v (rows that are new or whose input moved)."""
+
     def __init__(self, m: VQTransformer):
         super().__init__()
         self.m = m
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.m.embed(ids, positions)  # (n, d)
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor):
+        x = self.m.embed(ids, positions)  # (n, d)
+        return (x, *self.m.layers[0].qkv(x, positions))  # (n, H, dh), (n, Hkv, dh), (n, Hkv, dh)
+
+
+class PostQKV(nn.Module):
+    """Layer l's post stage, then layer l+1's q, k, v of the same rows (one call per layer per edit)."""
+
+    def __init__(self, m: VQTransformer, layer_idx: int):
+        super().__init__()
+        self.block, self.next_block = m.layers[layer_idx], m.layers[layer_idx + 1]
+
+    def forward(self, x: torch.Tensor, codes: torch.Tensor, positions: torch.Tensor):
+        x_out = self.block.post_codes(x, codes)  # (n, d)
+        return (x_out, *self.next_block.qkv(x_out, positions))
+
+
+class Final(nn.Module):
+    """The last layer's post stage and the final norm: the rows the pooled head reads."""
+
+    def __init__(self, m: VQTransformer):
+        super().__init__()
+        self.block, self.norm = m.layers[-1], m.final_norm
+
+    def forward(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.block.post_codes(x, codes))  # (n, d)
 
 
 class QKV(nn.Module):
+    """Norm + projections (+ RoPE) of one layer: rows whose position moved but whose input did not."""
+
     def __init__(self, m: VQTransformer, layer_idx: int):
         super().__init__()
         self.block = m.layers[layer_idx]
@@ -42,40 +69,15 @@ class QKV(nn.Module):
         return self.block.qkv(x, positions)  # (n, H, dh), (n, Hkv, dh), (n, Hkv, dh)
 
 
-class Encode(nn.Module):
-    def __init__(self, m: VQTransformer, layer_idx: int):
-        super().__init__()
-        self.vq = m.layers[layer_idx].vq
-
-    def forward(self, attn: torch.Tensor):
-        return torch.ops.vqinc.vq_encode_margin(attn, self.vq.codebook)  # (n, H) i64, (n, H) f32
-
-
-class Post(nn.Module):
-    def __init__(self, m: VQTransformer, layer_idx: int):
-        super().__init__()
-        self.block = m.layers[layer_idx]
-
-    def forward(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        return self.block.post_codes(x, codes)  # (n, d)
-
-
-class Final(nn.Module):
-    def __init__(self, m: VQTransformer):
-        super().__init__()
-        self.norm = m.final_norm
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x)
-
-
 class Head(nn.Module):
+    """Classifier on pooled rows, one row per document: (B, d) -> (B, C)."""
+
     def __init__(self, m: VQTransformer):
         super().__init__()
         self.classifier = m.classifier
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(pooled)  # (1, C)
+        return self.classifier(pooled)
 
 
 class Full(nn.Module):
@@ -128,11 +130,4 @@ def export_graph(module: nn.Module, args: tuple, input_names: list[str], output_
         )
     proto = attach_functions(prog.model_proto)
     save_graph(proto, path, external_data_bytes)
-    return proto
-
-
-def write_attention_graph(path: Path, head_dim: int) -> onnx.ModelProto:
-    """The shared AttentionPartial graph (no weights): one custom node with its function body."""
-    proto = functions.make_op_model("AttentionPartial", scale=float(head_dim) ** -0.5)
-    onnx.save_model(proto, str(path))
     return proto

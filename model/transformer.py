@@ -8,7 +8,7 @@ Shapes: (T, ...) or (B, T, ...) for every stage; exported graphs use (T, ...).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,22 @@ def fused_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=group > 1).transpose(-3, -2)
 
 
+def attention_with_past(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """q (S, H, dh) of the last S positions, k/v (P+S, Hkv, dh) of all P+S -> (S, H, dh).
+
+    Query i (position P+i) sees keys 0..P+i: the causal mask of the full sequence, cut to its last S rows.
+    Same math as `causal_attention` when P = 0."""
+    group = q.shape[-2] // k.shape[-2]
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=-2), v.repeat_interleave(group, dim=-2)
+    s, t = q.shape[0], k.shape[0]
+    q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # (H, S, dh), (H, T, dh)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (H, S, T)
+    visible = torch.arange(t, device=q.device)[None, :] <= torch.arange(t - s, t, device=q.device)[:, None]
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return (scores.softmax(-1) @ v).transpose(0, 1)
+
+
 class Block(nn.Module):
     """One pre-norm decoder layer with VQ on the per-head attention output."""
 
@@ -119,6 +135,25 @@ class Block(nn.Module):
         if self.res_vq is not None:
             out = self.res_vq.decode(self.res_vq.encode(out.unflatten(-1, (self.res_vq.num_heads, -1)))).flatten(-2)
         return out
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """What a causal LM keeps of a document's prefix (Hugging Face's `past_key_values`), plus the pooling
+    state the classification head needs to resume: the running sum of final hidden states at every position."""
+
+    keys: tuple[torch.Tensor, ...]  # per layer (P, Hkv, dh)
+    values: tuple[torch.Tensor, ...]  # per layer (P, Hkv, dh)
+    hidden_sums: torch.Tensor  # (P, d): sum of final hidden states of positions 0..i, for every i
+
+    @property
+    def length(self) -> int:
+        return int(self.hidden_sums.shape[0])
+
+    def truncate(self, n: int) -> KVCache:
+        """The cache of the first n positions (views, no copy)."""
+        return replace(self, keys=tuple(k[:n] for k in self.keys), values=tuple(v[:n] for v in self.values),
+                       hidden_sums=self.hidden_sums[:n])
 
 
 @dataclass
@@ -188,3 +223,30 @@ class VQTransformer(nn.Module):
         Used only by causal-LM pretraining of scratch models; the exported model has no LM head.
         """
         return hidden @ self.embed_tokens.weight.T
+
+
+    def forward_cached(self, ids: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """One document (no batch axis): ids (S,) continue the prefix held in `cache` -> logits (1, C) of the
+        whole document and the cache of prefix + ids.
+
+        The standard causal-LM KV cache: only the S new positions run; they attend the cached keys. Equals
+        `forward` on the whole sequence (tested); VQ runs as in the exported graphs (decode of the codes)."""
+        p = 0 if cache is None else cache.length
+        positions = torch.arange(p, p + ids.shape[0], device=ids.device)
+        x = self.embed(ids, positions)  # (S, d)
+        keys, values = [], []
+        for i, block in enumerate(self.layers):
+            q, k, v = block.qkv(x, positions)  # (S, H, dh), (S, Hkv, dh)
+            if cache is not None:
+                k, v = torch.cat([cache.keys[i], k]), torch.cat([cache.values[i], v])
+            keys.append(k)
+            values.append(v)
+            attn = attention_with_past(q, k, v)
+            x = block.post_codes(x, block.vq.encode(attn)) if self.cfg.vq.enabled else block.post(x, attn)
+        hidden = self.final_norm(x)  # (S, d)
+        sums = hidden.cumsum(0)
+        if p:
+            sums = sums + cache.hidden_sums[-1]
+        new = KVCache(tuple(keys), tuple(values), sums if cache is None else torch.cat([cache.hidden_sums, sums]))
+        pooled = sums[-1:] / new.length if self.cfg.pooling == "mean" else hidden[-1:]
+        return self.classifier(pooled), new

@@ -1,4 +1,4 @@
-"""vqinc.ops: the `vqinc` custom ONNX op set (see README.md in this folder).
+"""vqinc.ops: the `vqinc` custom ONNX op set, `VQEncode` and `VQDecode` (see README.md in this folder).
 
 - `domain`     names and versions (DOMAIN, VQINC_OPSET, ONNX_OPSET, IR_VERSION, OP_NAMES)
 - `reference`  numpy ground truth
@@ -6,7 +6,7 @@
 - `torch_ops`  torch custom ops and their export (import it explicitly: the only module that needs torch)
 
 Importing this package needs numpy only: the names from `functions` (onnx, onnxscript) load on
-first use, so the runtime can use `domain` and `reference` without the export extras.
+first use, so code that needs only `domain` and `reference` runs without the export extras.
 """
 
 from __future__ import annotations

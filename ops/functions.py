@@ -1,7 +1,7 @@
 """ONNX function bodies of the vqinc ops, written in onnxscript, and single-op models around them.
 
-Owns the graphs that stock ONNX Runtime runs for `vqinc::VQEncode`, `VQDecode`, `VQEncodeMargin` and
-`AttentionPartial` (model-local functions: ORT inlines them). Semantics and the ground truth live in
+Owns the graphs that stock ONNX Runtime runs for `vqinc::VQEncode` and `VQDecode`
+(model-local functions: ORT inlines them). Semantics and the ground truth live in
 `reference.py`; the torch side that emits these nodes lives in `torch_ops.py`. No torch here.
 
 A runtime with a native kernel registered under the same domain, name and version would run that
@@ -10,12 +10,11 @@ kernel instead of the body; the bodies are the portable fallback and the specifi
 
 from __future__ import annotations
 
-import math
 from functools import cache
 
 import onnx
 from onnx import TensorProto, helper
-from onnxscript import BOOL, DOUBLE, FLOAT, INT64, script
+from onnxscript import FLOAT, INT64, script
 from onnxscript import opset18 as op
 from onnxscript.values import Opset
 
@@ -30,12 +29,6 @@ vqinc = Opset(DOMAIN, VQINC_OPSET)
 _X = FLOAT["n", "h", "dh"]
 _CODEBOOK = FLOAT["h", "K", "dh"]
 _CODES = INT64["n", "h"]
-_MARGIN = FLOAT["n", "h"]
-_Q = FLOAT["nq", "H", "dh"]
-_KV = FLOAT["nk", "Hkv", "dh"]
-_MASK = BOOL["nq", "nk"]
-_ROW = DOUBLE["nq", "H"]
-_NUM = DOUBLE["nq", "H", "dh"]
 
 
 # Scores per head, as in reference._vq_scores:
@@ -67,77 +60,10 @@ def VQDecode(codes: _CODES, codebook: _CODEBOOK) -> _X:
     return op.Gather(flat, op.Add(codes, offsets), axis=0)
 
 
-# Codes exactly as VQEncode (same scores, same ArgMin), then the margin from true distances:
-#
-#   dist   = max(scores + ‖x‖², 0)                           (h,n,K)
-#   d1     = dist[code]                                      (h,n,1)   GatherElements
-#   d2     = min over k ≠ code of dist (+inf when K = 1)     (h,n,1)   Where(k == code, +inf) + ReduceMin
-#   margin = max((sqrt(d2) − sqrt(d1)) / 2, 0)               (h,n) --Transpose--> (n,h)
-@script(vqinc, default_opset=op)
-def VQEncodeMargin(x: _X, codebook: _CODEBOOK) -> tuple[_CODES, _MARGIN]:
-    xh = op.Transpose(x, perm=[1, 0, 2])
-    dots = op.MatMul(xh, op.Transpose(codebook, perm=[0, 2, 1]))
-    norms = op.Unsqueeze(op.ReduceSum(op.Mul(codebook, codebook), [-1], keepdims=0), [1])
-    scores = op.Sub(norms, op.Mul(op.Constant(value_float=2.0), dots))
-    code = op.ArgMin(scores, axis=-1, keepdims=1, select_last_index=0)  # (h,n,1)
-    xnorm = op.ReduceSum(op.Mul(xh, xh), [-1], keepdims=1)  # (h,n,1)
-    dist = op.Max(op.Add(scores, xnorm), op.Constant(value_float=0.0))
-    d1 = op.GatherElements(dist, code, axis=-1)
-    num_codes = op.Squeeze(op.Shape(codebook, start=1, end=2))
-    k_index = op.Range(op.Constant(value_int=0), num_codes, op.Constant(value_int=1))  # (K,)
-    others = op.Where(op.Equal(k_index, code), op.Constant(value_float=math.inf), dist)
-    d2 = op.ReduceMin(others, [-1], keepdims=1)
-    half_gap = op.Div(op.Sub(op.Sqrt(d2), op.Sqrt(d1)), op.Constant(value_float=2.0))
-    margin = op.Max(half_gap, op.Constant(value_float=0.0))
-    codes = op.Transpose(op.Squeeze(code, [-1]), perm=[1, 0])
-    return codes, op.Transpose(op.Squeeze(margin, [-1]), perm=[1, 0])
-
-
-# One online-softmax step over a block of keys, float64 inside. Heads are grouped by kv head so that
-# one batched MatMul serves all query heads of a group (G = H / Hkv, head h = kv·G + g):
-#
-#   q (nq,H,dh) --Cast,Transpose--> (H,nq,dh) --Reshape--> (Hkv,G·nq,dh) --MatMul--> (Hkv,G·nq,nk)
-#   k (nk,Hkv,dh) --Cast,Transpose--> (Hkv,dh,nk) ---------------------------^
-#   s = scale · Reshape(·, (H,nq,nk));  masked keys -> -inf (mask (nq,nk) broadcasts over H)
-#   m_out = max(m_inᵀ, ReduceMax(s))                        (H,nq)
-#   p = mask ? exp(s − m_out) : 0                           (H,nq,nk)   Where, so -inf − -inf never shows
-#   den = ReduceSum(p);  num = Reshape(p,(Hkv,G·nq,nk)) @ vᵀ(Hkv,nk,dh) -> (H,nq,dh)
-#   outputs transposed back to (nq,H) / (nq,H,dh)
-@script(vqinc, default_opset=op)
-def AttentionPartial(q: _Q, k: _KV, v: _KV, mask: _MASK, m_in: _ROW, scale: float) -> tuple[_ROW, _ROW, _NUM]:
-    nq = op.Shape(q, start=0, end=1)
-    heads = op.Shape(q, start=1, end=2)
-    dh = op.Shape(q, start=2, end=3)
-    nk = op.Shape(k, start=0, end=1)
-    kv_heads = op.Shape(k, start=1, end=2)
-    grouped_rows = op.Mul(op.Div(heads, kv_heads), nq)  # G·nq
-
-    qh = op.Transpose(op.Cast(q, to=TensorProto.DOUBLE), perm=[1, 0, 2])  # (H,nq,dh)
-    qg = op.Reshape(qh, op.Concat(kv_heads, grouped_rows, dh, axis=0))  # (Hkv,G·nq,dh)
-    kt = op.Transpose(op.Cast(k, to=TensorProto.DOUBLE), perm=[1, 2, 0])  # (Hkv,dh,nk)
-    vt = op.Transpose(op.Cast(v, to=TensorProto.DOUBLE), perm=[1, 0, 2])  # (Hkv,nk,dh)
-    scale64 = op.Cast(op.Constant(value_float=scale), to=TensorProto.DOUBLE)
-    s = op.Mul(op.Reshape(op.MatMul(qg, kt), op.Concat(heads, nq, nk, axis=0)), scale64)  # (H,nq,nk)
-
-    neg_inf = op.Cast(op.Constant(value_float=-math.inf), to=TensorProto.DOUBLE)
-    zero = op.Cast(op.Constant(value_float=0.0), to=TensorProto.DOUBLE)
-    row_max = op.ReduceMax(op.Where(mask, s, neg_inf), [-1], keepdims=0)  # (H,nq)
-    m_hq = op.Max(op.Transpose(m_in, perm=[1, 0]), row_max)
-    p = op.Where(mask, op.Exp(op.Sub(s, op.Unsqueeze(m_hq, [-1]))), zero)
-    den = op.ReduceSum(p, [-1], keepdims=0)
-    pg = op.Reshape(p, op.Concat(kv_heads, grouped_rows, nk, axis=0))
-    num = op.Reshape(op.MatMul(pg, vt), op.Concat(heads, nq, dh, axis=0))  # (H,nq,dh)
-    return (
-        op.Transpose(m_hq, perm=[1, 0]),
-        op.Transpose(den, perm=[1, 0]),
-        op.Transpose(num, perm=[1, 0, 2]),
-    )
-
-
-_FUNCTIONS = {f.name: f for f in (VQEncode, VQDecode, VQEncodeMargin, AttentionPartial)}
+_FUNCTIONS = {f.name: f for f in (VQEncode, VQDecode)}
 assert tuple(_FUNCTIONS) == OP_NAMES
 
-_F32, _F64, _I64, _BOOL = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.BOOL
+_F32, _I64 = TensorProto.FLOAT, TensorProto.INT64
 
 # Graph inputs and outputs of the single-op models: (name, element type, symbolic dims).
 SIGNATURES: dict[str, tuple[list[tuple[str, int, list[str]]], list[tuple[str, int, list[str]]]]] = {
@@ -149,24 +75,8 @@ SIGNATURES: dict[str, tuple[list[tuple[str, int, list[str]]], list[tuple[str, in
         [("codes", _I64, ["n", "h"]), ("codebook", _F32, ["h", "K", "dh"])],
         [("x", _F32, ["n", "h", "dh"])],
     ),
-    "VQEncodeMargin": (
-        [("x", _F32, ["n", "h", "dh"]), ("codebook", _F32, ["h", "K", "dh"])],
-        [("codes", _I64, ["n", "h"]), ("margin", _F32, ["n", "h"])],
-    ),
-    "AttentionPartial": (
-        [
-            ("q", _F32, ["nq", "H", "dh"]),
-            ("k", _F32, ["nk", "Hkv", "dh"]),
-            ("v", _F32, ["nk", "Hkv", "dh"]),
-            ("mask", _BOOL, ["nq", "nk"]),
-            ("m_in", _F64, ["nq", "H"]),
-        ],
-        [("m_out", _F64, ["nq", "H"]), ("den", _F64, ["nq", "H"]), ("num", _F64, ["nq", "H", "dh"])],
-    ),
 }
 """Input and output names, types and dims of each op, as in the ARCHITECTURE.md table."""
-
-_ATTRIBUTES: dict[str, tuple[str, ...]] = {"AttentionPartial": ("scale",)}
 
 
 def _check_op_name(op_name: str) -> None:
@@ -188,7 +98,7 @@ def function_proto(op_name: str) -> onnx.FunctionProto:
 
 
 def function_protos() -> list[onnx.FunctionProto]:
-    """FunctionProtos of all four ops, in OP_NAMES order (fresh copies: callers may mutate them)."""
+    """FunctionProtos of all ops, in OP_NAMES order (fresh copies: callers may mutate them)."""
     return [function_proto(name) for name in OP_NAMES]
 
 
@@ -197,13 +107,10 @@ def opset_imports() -> list[onnx.OperatorSetIdProto]:
     return [helper.make_opsetid("", ONNX_OPSET), helper.make_opsetid(DOMAIN, VQINC_OPSET)]
 
 
-def make_op_model(op_name: str, **attrs: float) -> onnx.ModelProto:
+def make_op_model(op_name: str) -> onnx.ModelProto:
     """A model with a single `vqinc::<op_name>` node, graph inputs/outputs named as in SIGNATURES
-    (dynamic dims), the op's FunctionProto attached. `AttentionPartial` needs `scale=`."""
+    (dynamic dims), the op's FunctionProto attached."""
     _check_op_name(op_name)
-    expected = _ATTRIBUTES.get(op_name, ())
-    if sorted(attrs) != sorted(expected):
-        raise TypeError(f"{op_name} takes attributes {list(expected)}; got {sorted(attrs)}")
     inputs, outputs = SIGNATURES[op_name]
     node = helper.make_node(
         op_name,
@@ -211,7 +118,6 @@ def make_op_model(op_name: str, **attrs: float) -> onnx.ModelProto:
         [name for name, _, _ in outputs],
         name=f"/{op_name}",
         domain=DOMAIN,
-        **{key: float(value) for key, value in attrs.items()},
     )
     graph = helper.make_graph(
         [node],

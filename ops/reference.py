@@ -2,7 +2,7 @@
 
 Owns the semantics every other implementation is tested against: the onnxscript bodies in
 `functions.py`, the torch ops in `torch_ops.py`. It follows the graphs' formulas step by step
-(float32 for VQ, float64 for attention) so that codes match exactly; it is not fast.
+(in float32) so that codes match exactly; it is not fast.
 """
 
 from __future__ import annotations
@@ -42,65 +42,3 @@ def vq_decode(codes: npt.NDArray[np.int64], codebook: npt.NDArray[np.float32]) -
         raise ValueError(f"codes must lie in [0, {codebook.shape[1]}); got [{codes.min()}, {codes.max()}]")
     heads = np.arange(codebook.shape[0])[None, :]  # (1, h)
     return codebook[heads, codes]  # (n, h, dh)
-
-
-def vq_encode_margin(
-    x: npt.NDArray[np.float32], codebook: npt.NDArray[np.float32]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """Codes as `vq_encode` plus margin (n, h) float32 = `(sqrt(d2) − sqrt(d1)) / 2`, clamped ≥ 0.
-
-    d_k = max(‖x‖² − 2·x·c_k + ‖c_k‖², 0); d1 is the distance of the chosen code, d2 the smallest
-    distance of any other code (+inf when K = 1, so the margin is +inf). In exact arithmetic d1, d2
-    are the two smallest distances, and by the triangle inequality any x' with ‖x' − x‖ < margin has
-    the same nearest code.
-    """
-    scores = _vq_scores(x, codebook)  # (n, h, K)
-    codes = np.argmin(scores, axis=-1)  # (n, h)
-    xnorm = np.sum(np.square(np.asarray(x, dtype=np.float32)), axis=-1, dtype=np.float32)  # (n, h)
-    dist = np.maximum(scores + xnorm[..., None], np.float32(0))  # (n, h, K)
-    d1 = np.take_along_axis(dist, codes[..., None], axis=-1)[..., 0]
-    others = dist.copy()
-    np.put_along_axis(others, codes[..., None], np.float32(np.inf), axis=-1)
-    d2 = np.min(others, axis=-1)
-    with np.errstate(invalid="ignore"):
-        margin = np.maximum((np.sqrt(d2) - np.sqrt(d1)) / np.float32(2), np.float32(0))
-    return codes.astype(np.int64), margin.astype(np.float32)
-
-
-def attention_partial(
-    q: npt.NDArray[np.float32],
-    k: npt.NDArray[np.float32],
-    v: npt.NDArray[np.float32],
-    mask: npt.NDArray[np.bool_],
-    m_in: npt.NDArray[np.float64],
-    scale: float,
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """One online-softmax step of attention over a block of keys, in float64.
-
-    q (nq, H, dh), k and v (nk, Hkv, dh), mask (nq, nk) bool (True = visible), m_in (nq, H) running max
-    -> m_out (nq, H), den (nq, H), num (nq, H, dh). Head h reads kv head h // (H // Hkv). A row with no
-    visible key keeps m_out = m_in (possibly -inf) and gets den = 0, num = 0.
-
-    `scale` is rounded to float32 first: that is what an ONNX float attribute stores.
-    """
-    nq, num_heads, dh = q.shape
-    nk, num_kv_heads, _ = k.shape
-    if num_heads % num_kv_heads:
-        raise ValueError(f"H={num_heads} must be a multiple of Hkv={num_kv_heads}")
-    if mask.shape != (nq, nk) or m_in.shape != (nq, num_heads) or v.shape != k.shape or k.shape[2] != dh:
-        raise ValueError(
-            f"shapes do not match: q {q.shape}, k {k.shape}, v {v.shape}, mask {mask.shape}, "
-            f"m_in {m_in.shape}; want (nq,H,dh), (nk,Hkv,dh), (nk,Hkv,dh), (nq,nk), (nq,H)"
-        )
-    kv_head = np.arange(num_heads) // (num_heads // num_kv_heads)  # (H,)
-    q64 = np.asarray(q, dtype=np.float64)
-    k64 = np.asarray(k, dtype=np.float64)[:, kv_head]  # (nk, H, dh)
-    v64 = np.asarray(v, dtype=np.float64)[:, kv_head]
-    s = np.float64(np.float32(scale)) * np.einsum("qhd,khd->qhk", q64, k64)  # (nq, H, nk)
-    visible = np.asarray(mask, dtype=bool)[:, None, :]  # (nq, 1, nk)
-    m_out = np.maximum(np.asarray(m_in, dtype=np.float64), np.max(np.where(visible, s, -np.inf), axis=-1))
-    with np.errstate(invalid="ignore", over="ignore"):
-        p = np.where(visible, np.exp(s - m_out[..., None]), 0.0)  # (nq, H, nk)
-    den = p.sum(axis=-1)
-    num = np.einsum("qhk,khd->qhd", p, v64)
-    return m_out, den, num

@@ -80,30 +80,12 @@ def _vq_decode_backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tenso
 vq_decode.register_autograd(_vq_decode_backward, setup_context=_vq_decode_setup)
 
 
-@torch.library.custom_op("vqinc::vq_encode_margin", mutates_args=())
-def vq_encode_margin(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes as `vq_encode` and margin (n,h) = (sqrt(d2) − sqrt(d1)) / 2 ≥ 0 (see reference.py)."""
-    scores = _scores(x, codebook)  # (h, n, K)
-    code = torch.argmin(scores, dim=-1, keepdim=True)  # (h, n, 1)
-    xnorm = (x * x).sum(dim=-1).transpose(0, 1)[..., None]  # (h, n, 1)
-    dist = torch.clamp_min(scores + xnorm, 0.0)
-    d1 = torch.gather(dist, -1, code)
-    d2 = dist.scatter(-1, code, float("inf")).amin(dim=-1, keepdim=True)
-    margin = torch.clamp_min((d2.sqrt() - d1.sqrt()) / 2.0, 0.0)
-    return code[..., 0].transpose(0, 1).contiguous(), margin[..., 0].transpose(0, 1).contiguous()
-
-
-@vq_encode_margin.register_fake
-def _(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return x.new_empty(x.shape[:2], dtype=torch.int64), x.new_empty(x.shape[:2])
-
-
 # --- ONNX export ------------------------------------------------------------------------------------
 
 _VQINC = Opset(DOMAIN, VQINC_OPSET)
 
 # torch op -> ONNX op of the same semantics
-_ONNX_NAMES = {"vq_encode": "VQEncode", "vq_decode": "VQDecode", "vq_encode_margin": "VQEncodeMargin"}
+_ONNX_NAMES = {"vq_encode": "VQEncode", "vq_decode": "VQDecode"}
 
 
 def _bare_op(op_name: str) -> Op:
@@ -124,7 +106,7 @@ def _bare_op(op_name: str) -> Op:
     return Op(_VQINC, op_name, schema)
 
 
-_ENCODE, _DECODE, _ENCODE_MARGIN = (_bare_op(name) for name in ("VQEncode", "VQDecode", "VQEncodeMargin"))
+_ENCODE, _DECODE = (_bare_op(name) for name in ("VQEncode", "VQDecode"))
 
 
 # The exporter reads the return annotation to count outputs: keep it.
@@ -136,17 +118,12 @@ def _vq_decode_onnx(codes: INT64, codebook: FLOAT) -> FLOAT:
     return _DECODE(codes, codebook)
 
 
-def _vq_encode_margin_onnx(x: FLOAT, codebook: FLOAT) -> tuple[INT64, FLOAT]:
-    return _ENCODE_MARGIN(x, codebook)
-
-
 def custom_translation_table() -> dict[Callable[..., Any], Callable[..., Any]]:
     """`custom_translation_table=` for `torch.onnx.export(dynamo=True)`: each vqinc torch op becomes
     one bare `vqinc::<Op>` node. Follow the export with `attach_functions`."""
     return {
         torch.ops.vqinc.vq_encode.default: _vq_encode_onnx,
         torch.ops.vqinc.vq_decode.default: _vq_decode_onnx,
-        torch.ops.vqinc.vq_encode_margin.default: _vq_encode_margin_onnx,
     }
 
 

@@ -1,5 +1,6 @@
 """The `vqinc` command line. Subcommands that need torch (train, export) import it lazily and say
-which install fixes a missing dependency; run, replay, demo and info never touch torch."""
+which install fixes a missing dependency; run, replay, demo and info never touch torch; serve imports
+its server libraries (the serve extra) only when it runs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,27 @@ import time
 from pathlib import Path
 
 EXPORT_HINT = "pip install 'vqinc[export]' (or: pip install torch==2.13.0 transformers onnx onnxscript safetensors)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `vqinc run: error: argument --threads: invalid int value: 'x'`, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _check_args(a: argparse.Namespace) -> None:
+    """Flags the parser cannot range-check, before anything loads: ValueError names the flag and the rule."""
+    threads = getattr(a, "threads", None)
+    if threads is not None:
+        from vqinc.runtime.sessions import MAX_THREADS
+
+        if not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"--threads must be in 1..{MAX_THREADS} (ONNX Runtime's pool size), got {threads}")
+    for flag, low in (("max_tokens", 1), ("max_revisions", 0), ("limit", 0), ("max_chars", 1)):
+        v = getattr(a, flag, None)
+        if v is not None and v < low:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= {low}, got {v}")
 
 
 def _need_export_extra(what: str) -> None:
@@ -40,7 +62,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     _need_export_extra("train")
     from vqinc.model.train import TrainConfig, train
 
-    p = argparse.ArgumentParser(prog="vqinc train", description=TrainConfig.__doc__)
+    p = _Parser(prog="vqinc train", description=TrainConfig.__doc__)
     _dataclass_args(p, TrainConfig)
     ns = p.parse_args(a.args)
     cfg = TrainConfig(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)})
@@ -54,19 +76,45 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_export(a: argparse.Namespace) -> int:
     _need_export_extra("export")
-    from vqinc.export.exporter import export_model
+    from vqinc.export.from_dir import is_model_dir
 
     t = time.perf_counter()
-    man = export_model(a.checkpoint, a.out_dir, full_graph=not a.no_full)
-    print(f"exported {man.num_layers} layers to {a.out_dir} in {time.perf_counter() - t:.1f} s "
-          f"(fingerprint {man.fingerprint})")
-    if a.verify:
-        from vqinc.export.verify import verify
+    if is_model_dir(a.checkpoint):  # a model directory gains its decoder graph (weights read from full.onnx)
+        from vqinc.export.decoder import add_decoder
+        from vqinc.export.from_dir import model_from_dir
 
-        report = verify(a.checkpoint, a.out_dir)
+        if Path(a.checkpoint).resolve() != Path(a.out_dir).resolve() or a.decoder is None:
+            raise ValueError(f"{a.checkpoint} is a model directory: it can only gain a decoder graph, in place: "
+                             f"vqinc export {a.checkpoint} {a.checkpoint} --decoder")
+        model, tok = model_from_dir(a.checkpoint)
+        add_decoder(model, a.out_dir, None if a.decoder == "auto" else a.decoder)
+        print(f"added decoder.onnx to {a.out_dir} in {time.perf_counter() - t:.1f} s")
+        source = (model, tok)
+    else:
+        from vqinc.export.exporter import export_model
+
+        man = export_model(a.checkpoint, a.out_dir, full_graph=not a.no_full)
+        print(f"exported {man.spec.num_layers} layers to {a.out_dir} in {time.perf_counter() - t:.1f} s "
+              f"(fingerprint {man.fingerprint})")
+        source = a.checkpoint
+        if a.decoder is not None:
+            from vqinc.export.decoder import add_decoder
+            from vqinc.model.checkpoint import load_checkpoint
+
+            add_decoder(load_checkpoint(a.checkpoint)[0], a.out_dir, None if a.decoder == "auto" else a.decoder)
+            print(f"added decoder.onnx ({time.perf_counter() - t:.1f} s in all)")
+    ok = True
+    if a.verify:
+        from vqinc.export.verify import verify, verify_decoder
+
+        report = verify(source, a.out_dir)
         print(report.table())
-        return 0 if report.ok else 1
-    return 0
+        ok = report.ok
+        if a.decoder is not None:
+            dec = verify_decoder(a.out_dir)
+            print(dec.table())
+            ok = ok and dec.ok
+    return 0 if ok else 1
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -76,15 +124,32 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
-def _load(model_dir: str | None, threads: int | None):
+def _load(model_dir: str | None, threads: int | None, providers: list[str] | None = None):
     from vqinc.runtime.model import Model
 
-    return Model.load(model_dir, threads=threads)
+    return Model.load(model_dir, threads=threads, providers=providers)
+
+
+def _read_text(file: str) -> str:
+    """A UTF-8 text file (`-`: stdin); ValueError naming the file when it is not one."""
+    name = "stdin" if file == "-" else file
+    try:
+        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{name}: a directory, not a text file") from None
+    except OSError as e:
+        raise ValueError(f"{name}: cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name}: not UTF-8 text (byte {e.start}: {e.reason}); vqinc classifies text files") from None
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    model = _load(a.model_dir, a.threads)
-    text = sys.stdin.read() if a.file == "-" else Path(a.file).read_text(encoding="utf-8")
+    text = _read_text(a.file)  # before the model loads: a bad file fails fast
+    model = _load(a.model_dir, a.threads, a.providers)
     doc = model.document(text[: a.max_chars] if a.max_chars else text)
     probs = {lab: round(float(p), 4) for lab, p in zip(model.labels, doc.probs, strict=True)}
     print(json.dumps({"label": doc.label, "probs": probs, "tokens": len(doc.token_ids),
@@ -115,14 +180,14 @@ def _replay(model, traces, a) -> int:
 def cmd_replay(a: argparse.Namespace) -> int:
     from vqinc.runtime.traces import git_file_history, read_trace_file
 
-    model = _load(a.model_dir, a.threads)
     if (a.trace is None) == (a.git is None):
-        raise SystemExit("vqinc replay: give exactly one of --trace TRACE.jsonl[.gz] or --git PATH")
-    if a.trace:
+        raise ValueError("give exactly one of --trace TRACE.jsonl[.gz] or --git PATH")
+    if a.trace:  # traces first: a bad file fails before the model loads
         traces = list(read_trace_file(a.trace, limit=a.limit))
     else:
         p = Path(a.git).resolve()
         traces = [git_file_history(p.parent, p, max_revisions=a.max_revisions)]
+    model = _load(a.model_dir, a.threads, a.providers)
     return _replay(model, traces, a)
 
 
@@ -149,12 +214,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     root = Path(a.model_dir) if a.model_dir else default_model_dir()
     if not (root / "manifest.json").exists():
-        raise SystemExit(f"vqinc demo: no bundled model at {root} (train and export one: see README)")
-    model = _load(str(root), a.threads)
-    student = model.manifest.info.get("student", {})
-    print(f"model {root.name}: {model.num_layers} layers, d={model.d_model}, labels {list(model.labels)}; "
-          f"test accuracy {student.get('accuracy', 'n/a')}, macro-F1 {student.get('macro_f1', 'n/a')} "
-          f"({model.manifest.info.get('dataset', '?')})")
+        raise ValueError(f"no model at {root} (train and export one: see README)")
     labels: dict[str, str] = {}
     if a.git:
         target = Path(a.git).resolve()
@@ -162,10 +222,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
     else:
         path = Path(a.trace) if a.trace else bundled_histories()
         if not path.exists():
-            raise SystemExit(f"vqinc demo: {path} not found; pass --trace ../shared/data/pep-revisions.jsonl.gz "
-                             "or --git FILE")
+            raise ValueError(f"{path} not found; pass --trace ../shared/data/pep-revisions.jsonl.gz or --git FILE")
         traces = list(read_trace_file(path, limit=a.limit))
         labels = _true_labels(path)
+    model = _load(str(root), a.threads, a.providers)
+    student = model.manifest.info.get("student", {})
+    print(f"model {root.name}: {model.num_layers} layers, d={model.d_model}, labels {list(model.labels)}; "
+          f"test accuracy {student.get('accuracy', 'n/a')}, macro-F1 {student.get('macro_f1', 'n/a')} "
+          f"({model.manifest.info.get('dataset', '?')})")
     summary = ReplaySummary()
     for trace in traces:
         truth = f", true label: {labels[trace.doc_id]}" if trace.doc_id in labels else ""
@@ -174,6 +238,19 @@ def cmd_demo(a: argparse.Namespace) -> int:
                      max_revisions=a.max_revisions, check=a.check)
     print(summary.table())
     return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from vqinc.runtime.serve.app import ServeOptions, ServeSetupError, serve
+
+    opts = ServeOptions(model_dir=a.model_dir, http=a.http, host=a.host, stdio=a.stdio,
+                        max_documents=a.max_documents, max_chars=a.max_chars, threads=a.threads)
+    try:
+        return serve(opts)
+    except ServeSetupError as e:
+        msg = str(e)
+        print(msg if msg.startswith("vqinc serve") else f"vqinc serve: error: {msg}", file=sys.stderr)
+        return 2
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -188,7 +265,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vqinc", description="Incremental VQ transformer inference on edited text")
+    p = _Parser(prog="vqinc", description="Incremental VQ transformer inference on edited text")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", add_help=False,
@@ -197,10 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("export", help="checkpoint -> model directory of ONNX graphs (needs the export extra)")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a training checkpoint, or a model directory (with OUT_DIR = it and --decoder: "
+                                      "add the decoder graph in place)")
     e.add_argument("out_dir")
-    e.add_argument("--verify", action="store_true", help="check graphs vs PyTorch on sample texts")
+    e.add_argument("--verify", action="store_true", help="check graphs vs PyTorch on sample texts (and the decoder "
+                                                         "vs full.onnx)")
     e.add_argument("--no-full", action="store_true", help="skip the monolithic full-model graph")
+    e.add_argument("--decoder", nargs="?", const="auto", default=None, choices=("auto", "gqa", "mha", "plain"),
+                   help="also write decoder.onnx, a standard past-KV decoder (the prefix-KV baseline); attention "
+                        "kind, default auto: ORT's GroupQueryAttention where it applies")
     e.set_defaults(fn=cmd_export)
 
     i = sub.add_parser("info", help="what a model directory holds")
@@ -209,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=int, default=None, help="ORT thread pool size (default: all cores)")
+    common.add_argument("--providers", nargs="+", default=None, metavar="PROVIDER",
+                        help="ONNX Runtime execution providers in priority order (default: CPUExecutionProvider; "
+                             "e.g. CUDAExecutionProvider CPUExecutionProvider)")
     r = sub.add_parser("run", parents=[common], help="classify a file ('-' for stdin)")
     r.add_argument("model_dir")
     r.add_argument("file")
@@ -232,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model-dir", default=None)
     d.set_defaults(fn=cmd_demo)
 
+    sv = sub.add_parser("serve", parents=[common],
+                        help="serve documents under edit: LSP on stdio, or a WebSocket + live page with --http")
+    sv.add_argument("model_dir", nargs="?", default=None, help="model directory (default: the bundled model)")
+    sv.add_argument("--http", type=int, default=None, metavar="PORT",
+                    help="serve the live page and the WebSocket protocol on PORT (0: a free port) instead of LSP")
+    sv.add_argument("--host", default="127.0.0.1", help="address for --http (default 127.0.0.1: this machine only)")
+    sv.add_argument("--stdio", action="store_true", help="with --http: serve LSP on stdio as well")
+    sv.add_argument("--max-documents", type=int, default=128, help="open documents at most (all clients)")
+    sv.add_argument("--max-chars", type=int, default=200_000, help="characters per document at most")
+    sv.set_defaults(fn=cmd_serve)
+
     b = sub.add_parser("bench", help="cross-framework benchmarks (benchmarks/edits.py; args passed through)")
     b.add_argument("args", nargs=argparse.REMAINDER)
     b.set_defaults(fn=cmd_bench)
@@ -245,9 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         a = build_parser().parse_args(argv)
     try:
+        _check_args(a)
         return a.fn(a)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
-        print(f"vqinc {a.cmd}: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as e:  # user errors (ModelDirError is a ValueError): one line, exit 2
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"vqinc {a.cmd}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -1,12 +1,20 @@
 """`Document`: one text under edit, with all of its incremental state.
 
-Edits are validated before anything changes; if the engine fails part-way (it should not), the
-document is rebuilt from its previous text before the error propagates, so an edit either happens
-completely or not at all.
+An edit is validated and tokenised completely before anything changes (`_prepare`), then applied by
+the engine (`_commit`). If the engine fails part-way (it should not), the document is rebuilt from
+its previous text before the error propagates, so an edit happens completely or not at all.
+
+Thread safety: every public method of a Document holds the document's lock, so one document may be
+edited from several threads (edits serialise); different documents edit in parallel. `edit_many`
+takes the locks of all its documents in a fixed order (by `id`), so concurrent calls cannot deadlock.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,21 +26,62 @@ from vqinc.runtime.tokens import TokenizedText, diff_texts, retokenize
 if TYPE_CHECKING:
     from vqinc.runtime.model import Model
 
+HISTORY = 256
+"""`Document.history` keeps the stats of this many latest edits."""
 
-def _check_text(text: object, what: str = "text") -> str:
+
+def check_text(text: object, what: str = "text") -> str:
+    """`text` if it is a str that can be encoded as UTF-8 (no lone surrogates), else TypeError/ValueError."""
     if not isinstance(text, str):
         raise TypeError(f"{what} must be str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} is not valid Unicode: {e.reason} at index {e.start} "
+                         f"({text[e.start:e.end]!r}); lone surrogates cannot be tokenised") from None
     return text
 
 
-def _check_span(start: object, end: object, length: int, unit: str) -> tuple[int, int]:
-    for name, v in (("start", start), ("end", end)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    start, end = int(start), int(end)
-    if not 0 <= start <= end <= length:
-        raise ValueError(f"edit span [{start}, {end}) is invalid: need 0 <= start <= end <= {length} ({unit})")
-    return start, end
+def check_int(name: str, v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    return int(v)
+
+
+def check_ids(ids: object, vocab_size: int) -> list[int]:
+    """Token ids as a list of ints in [0, vocab_size); floats and bools are refused, not truncated."""
+    if isinstance(ids, np.ndarray):
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"token ids must be integers, got an array of {ids.dtype}")
+        values = ids.reshape(-1).tolist()
+    elif isinstance(ids, (list, tuple)):
+        values = list(ids)
+    else:
+        raise TypeError(f"token ids must be a list, tuple or integer array, got {type(ids).__name__}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"token ids must be ints, got {v!r} ({type(v).__name__})")
+    bad = [int(v) for v in values if not 0 <= v < vocab_size]
+    if bad:
+        raise ValueError(f"token ids {bad[:5]} outside the vocabulary [0, {vocab_size})")
+    return [int(v) for v in values]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A validated edit: replace tokens [pos, pos + n_delete) (BOS excluded) by `ids`; the document then
+    holds `tok` (None after a token-level edit: the text is the tokens' decoding)."""
+
+    pos: int
+    n_delete: int
+    ids: list[int]
+    tok: TokenizedText | None
+    length: int
+    """Tokens after the edit (BOS excluded)."""
+
+    @property
+    def noop(self) -> bool:
+        return self.n_delete == 0 and not self.ids
 
 
 class Document:
@@ -40,140 +89,213 @@ class Document:
 
     def __init__(self, model: Model, text: str = "", _ids: list[int] | None = None):
         self.model = model
-        self.history: list[EditStats] = []
-        self._pending: list[int] | None = None
+        self.history: deque[EditStats] = deque(maxlen=HISTORY)
+        self._lock = threading.RLock()
         if _ids is None:
-            self._tok: TokenizedText | None = TokenizedText.build(model.tokenizer, _check_text(text))
-            ids = list(self._tok.ids)
+            self._tok: TokenizedText | None = TokenizedText.build(model.tokenizer, check_text(text))
+            ids = [int(i) for i in self._tok.ids]
         else:
             self._tok, ids = None, list(_ids)
-        self._check_ids(ids, len(ids))
-        self._build(ids)
+        self._check_length(len(ids))
+        self._pending: list[int] | None = None  # ids to rebuild from, after a failed edit and restore
+        self._state = self._build(ids)
 
     # -- public state ------------------------------------------------------------------------
     @property
     def text(self) -> str:
-        if self._tok is None:  # after edit_tokens: the text is what the tokens decode to
-            return self.model.tokenizer.decode(self.token_ids.tolist(), skip_special_tokens=False)
-        return self._tok.text
+        with self._lock:
+            return self._text()
 
     @property
     def token_ids(self) -> np.ndarray:
         """Token ids without the leading BOS."""
-        return self.state.ids[1:].copy()
+        with self._lock:
+            return self._live().ids[1:].copy()
 
     @property
     def logits(self) -> np.ndarray:
-        return self.state.logits.copy()
+        with self._lock:
+            return self._live().logits.copy()
 
     @property
     def probs(self) -> np.ndarray:
-        z = self.state.logits.astype(np.float64)
+        z = self.logits.astype(np.float64)
         e = np.exp(z - z.max())
         return e / e.sum()
 
     @property
     def label(self) -> str:
-        return self.model.labels[int(np.argmax(self.state.logits))]
+        return self.model.labels[int(np.argmax(self.logits))]
 
     @property
     def stats(self) -> EditStats:
         """What the latest edit (or the initial build) cost."""
-        return self.history[-1]
+        with self._lock:
+            return self.history[-1]
 
     @property
     def codes(self) -> np.ndarray:
         """(L, n, H) attention codes in position order (BOS row included)."""
-        st = self.state
-        return np.stack([layer.codes[st.order] for layer in st.layers])
+        with self._lock:
+            st = self._live()
+            return np.stack([layer.codes[st.order] for layer in st.layers])
+
+    @property
+    def state(self) -> DocState:
+        with self._lock:
+            return self._live()
 
     def nbytes(self) -> int:
-        return self.state.nbytes()
+        with self._lock:
+            return self._live().nbytes()
 
     # -- edits -------------------------------------------------------------------------------
     def edit(self, start: int, end: int, text: str) -> EditStats:
         """Replace characters [start, end) by `text` (an editor's change event)."""
-        _check_text(text)
-        tok = self._tokens()
-        start, end = _check_span(start, end, len(tok.text), "characters")
-        new_tok, te = retokenize(self.model.tokenizer, tok, start, end, text)
-        self._check_ids(te.ids, len(new_tok.ids))
-        stats = self._apply(te.pos, te.n_delete, te.ids)
-        self._tok = new_tok
-        return stats
+        with self._lock:
+            self._live()
+            return self._commit([(self, self._prepare(start, end, text))])[0]
 
     def set_text(self, new_text: str) -> EditStats:
         """Make the document hold `new_text` (computes the single splice from the current text)."""
-        _check_text(new_text)
-        start, end, piece = diff_texts(self._tokens().text, new_text)
-        return self.edit(start, end, piece)
+        with self._lock:
+            self._live()
+            check_text(new_text)
+            start, end, piece = diff_texts(self._text(), new_text)
+            return self._commit([(self, self._prepare(start, end, piece))])[0]
 
     def edit_tokens(self, pos: int, n_delete: int, ids: list[int] | np.ndarray) -> EditStats:
         """Replace tokens [pos, pos + n_delete) (BOS excluded) by `ids`; the text becomes their decoding."""
-        n = self.state.n - 1
-        for name, v in (("pos", pos), ("n_delete", n_delete)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
-                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-        if not (0 <= pos <= n and 0 <= n_delete <= n - pos):
-            raise ValueError(f"token span [{pos}, {pos + n_delete}) is invalid for a document of {n} tokens")
-        ids = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
-        self._check_ids(ids, n - n_delete + len(ids))
-        stats = self._apply(int(pos), int(n_delete), ids)
-        self._tok = None
-        return stats
+        with self._lock:
+            self._live()
+            pos, n_delete = check_int("pos", pos), check_int("n_delete", n_delete)
+            n = self._state.n - 1
+            if not (0 <= pos <= n and 0 <= n_delete <= n - pos):
+                raise ValueError(f"token span [{pos}, {pos + n_delete}) is invalid for a document of {n} tokens")
+            new = check_ids(ids, self.model.vocab_size)
+            self._check_length(n - n_delete + len(new))
+            return self._commit([(self, _Prepared(pos, n_delete, new, None, n - n_delete + len(new)))])[0]
 
     # -- internals ---------------------------------------------------------------------------
-    def _tokens(self) -> TokenizedText:
-        """The text's tokenisation; after token-level edits, re-synchronise with the decoded text."""
-        if self._tok is None:
-            tok = TokenizedText.build(self.model.tokenizer, self.text)
-            start, end, ids = _splice(self.token_ids.tolist(), list(tok.ids))
-            if end > start or ids:
-                self._check_ids(ids, len(tok.ids))
-                self._apply(start, end - start, ids)
-            self._tok = tok
-        return self._tok
-
-    def _check_ids(self, ids: list[int], new_len: int) -> None:
-        bad = [i for i in ids if not 0 <= i < self.model.vocab_size]
-        if bad:
-            raise ValueError(f"token ids {bad[:5]} outside the vocabulary [0, {self.model.vocab_size})")
-        if new_len + 1 > self.model.max_positions:
-            raise ValueError(f"the document would be {new_len} tokens; this model takes at most "
-                             f"{self.model.max_positions - 1} (cut the text or split it into windows)")
-
-    @property
-    def state(self) -> DocState:
-        """The numeric state, rebuilt first if a failed edit left it pending."""
+    def _live(self) -> DocState:
+        """The numeric state, rebuilt first if a failed edit could not restore it (e.g. a lost device)."""
         if self._pending is not None:
-            ids = self._pending
-            n_hist = len(self.history)
-            self._build(ids)
-            del self.history[n_hist:]
+            ids, n_hist = self._pending, len(self.history)
+            self._state = self._build(ids)
+            while len(self.history) > n_hist:
+                self.history.pop()
             self._pending = None
         return self._state
 
-    def _build(self, ids: list[int]) -> None:
-        m = self.model
-        self._state = DocState.empty(m.num_layers, m.d_model, m.num_heads, m.num_kv_heads, m.head_dim,
-                                     len(m.labels), cap=max(64, 1 << (len(ids) + 1).bit_length()))
-        self.history.append(m.engine.apply(self._state, 0, 0, np.asarray([m.bos_token_id, *ids], np.int64)))
+    def _text(self) -> str:
+        if self._tok is None:  # after edit_tokens: the text is what the tokens decode to
+            return self.model.tokenizer.decode(self._live().ids[1:].tolist(), skip_special_tokens=False)
+        return self._tok.text
 
-    def _apply(self, pos: int, n_delete: int, ids: list[int]) -> EditStats:
-        before = self.state.ids  # the engine replaces `ids` rather than mutating it: keeping it is free
-        try:
-            stats = self.model.engine.apply(self._state, pos + 1, n_delete, np.asarray(ids, np.int64))
-        except BaseException:
-            # Restore exactly the previous document, then report the failure. If the rebuild fails too
-            # (a lost device), it is retried on the next access instead.
-            self._pending = before[1:].tolist()
+    def _prepare(self, start: object, end: object, text: object, base: _Prepared | None = None) -> _Prepared:
+        """Validate and tokenise a character edit of the current text (or of the text a prepared,
+        not yet applied character edit `base` leaves)."""
+        check_text(text)
+        tok = base.tok if base is not None else self._tok
+        current = tok.text if tok is not None else self._text()
+        start, end = check_int("start", start), check_int("end", end)
+        if not 0 <= start <= end <= len(current):
+            raise ValueError(f"edit span [{start}, {end}) is invalid: need 0 <= start <= end <= "
+                             f"{len(current)} (characters)")
+        if tok is not None:
+            new_tok, te = retokenize(self.model.tokenizer, tok, start, end, text)
+            prepared = _Prepared(te.pos, te.n_delete, te.ids, new_tok, len(new_tok.ids))
+        else:  # the tokens are not the text's canonical tokenisation: one splice to the canonical one
+            new_tok = TokenizedText.build(self.model.tokenizer, current[:start] + text + current[end:])
+            p, e, piece = _splice(self._state.ids[1:].tolist(), [int(i) for i in new_tok.ids])
+            prepared = _Prepared(p, e - p, piece, new_tok, len(new_tok.ids))
+        self._check_length(prepared.length)
+        return prepared
+
+    def _check_length(self, n: int) -> None:
+        if n + 1 > self.model.max_positions:
+            raise ValueError(f"the document would be {n} tokens; this model takes at most "
+                             f"{self.model.max_positions - 1} (cut the text or split it into windows)")
+
+    def _build(self, ids: list[int]) -> DocState:
+        m = self.model
+        state = DocState.empty(m.spec, cap=max(64, len(ids) + 1 + (len(ids) + 1) // 8))
+        self.history.append(m.engine.apply(state, 0, 0, np.asarray([m.bos_token_id, *ids], np.int64)))
+        return state
+
+    @staticmethod
+    def _commit(batch: list[tuple[Document, _Prepared]]) -> list[EditStats]:
+        """Apply prepared edits of distinct documents in one engine pass (their locks are held)."""
+        model = batch[0][0].model
+        stats: list[EditStats | None] = [None] * len(batch)
+        work = []
+        for i, (d, p) in enumerate(batch):
+            if p.noop:  # nothing to compute and nothing to record; the text may still be re-canonicalised
+                d._tok = p.tok if p.tok is not None else d._tok
+                stats[i] = EditStats.nothing(model.spec, d._state.n - 1)
+            else:
+                work.append((i, d, p))
+        if work:
+            before = [(d, d._state.ids[1:].tolist(), d._tok) for _, d, _ in work]
             try:
-                self.state  # noqa: B018
+                done = model.engine.apply_many([(d._state, p.pos + 1, p.n_delete, np.asarray(p.ids, np.int64))
+                                                for _, d, p in work])
             except BaseException:
-                pass
-            raise
-        self.history.append(stats)
-        return stats
+                for d, ids, tok in before:  # restore exactly the previous documents, then report
+                    d._tok, d._pending = tok, ids
+                    try:
+                        d._live()
+                    except BaseException:  # the rebuild failed too: it is retried on the next access
+                        pass
+                raise
+            for (i, d, p), s in zip(work, done, strict=True):
+                d._tok = p.tok
+                d.history.append(s)
+                stats[i] = s
+        return stats  # type: ignore[return-value]
+
+
+def edit_many(model: Model, edits: Sequence[tuple[Document, int, int, str]]) -> list[EditStats]:
+    """`Model.edit_many`: validate every edit first, then apply them in rounds (each document at most
+    once per round), every round one engine pass over all its documents."""
+    if not isinstance(edits, Sequence) or isinstance(edits, (str, bytes)):
+        raise TypeError(f"edits must be a sequence of (document, start, end, text), got {type(edits).__name__}")
+    docs: dict[int, Document] = {}
+    for i, e in enumerate(edits):
+        if not isinstance(e, (tuple, list)) or len(e) != 4 or not isinstance(e[0], Document):
+            raise TypeError(f"edits[{i}] must be (document, start, end, text), got {e!r}"[:200])
+        if e[0].model is not model:
+            raise ValueError(f"edits[{i}]: the document belongs to another model")
+        docs[id(e[0])] = e[0]
+    locks = [docs[k]._lock for k in sorted(docs)]
+    for lock in locks:
+        lock.acquire()
+    try:
+        for d in docs.values():
+            d._live()
+        last: dict[int, _Prepared] = {}
+        rounds: list[list[tuple[int, Document, _Prepared]]] = []
+        seen: dict[int, int] = {}
+        for i, (doc, start, end, text) in enumerate(edits):
+            try:
+                p = doc._prepare(start, end, text, base=last.get(id(doc)))
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"edits[{i}]: {err}") from None
+            last[id(doc)] = p
+            k = seen.get(id(doc), 0)
+            seen[id(doc)] = k + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append((i, doc, p))
+        out: list[EditStats | None] = [None] * len(edits)
+        for batch in rounds:
+            stats = Document._commit([(d, p) for _, d, p in batch])
+            for (i, _, _), s in zip(batch, stats, strict=True):
+                out[i] = s
+        return out  # type: ignore[return-value]
+    finally:
+        for lock in reversed(locks):
+            lock.release()
 
 
 def _splice(old: list[int], new: list[int]) -> tuple[int, int, list[int]]:

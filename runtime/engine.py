@@ -1,17 +1,17 @@
-"""Propagation of one token-level splice through the stage graphs (DESIGN.md §4).
+"""Propagation of token-level splices through the stage graphs (DESIGN.md §4), for one document or
+for many at once.
 
-Per layer, with C = positions whose layer input changed:
-  1. QKV for C (plus, in "rope" mode, every position whose index shifted).
-  2. Attention accumulators: queries whose q changed are recomputed over all their keys; every other
-     query that sees a changed key has the old keys' contributions subtracted and the new ones added
-     (float64 accumulators; a query whose denominator cancels by > 1e6x is recomputed instead).
-  3. Re-encode only queries whose attention output may have crossed a code boundary: a query whose
-     output moved less than its stored margin keeps its code (triangle inequality) and its margin
-     shrinks by the distance moved.
-  4. Out-projection + MLP for positions whose input or code changed; rows whose output changed form
-     the next layer's C.
-Then the final norm for the last layer's changed rows and the running pooled sum.
-Every multiply-heavy step runs in an ORT session; numpy gathers, scatters and keeps books.
+Per edit: embed the new rows (and their layer-0 q, k, v); then per layer, with C = rows whose
+layer input changed:
+  1. plan (planner.py): dirty rows, the keys that enter and leave, the queries they touch;
+  2. lazy update (attention.py) of untouched queries that see those keys, which proves most codes
+     unchanged without recomputing the row;
+  3. recompute dirty rows and rows whose code is no longer proven (the `attend` graph), with the
+     float64 paths for rows it cannot decide (numerics.py, attention.py);
+  4. post (out-projection + MLP, fused with the next layer's q, k, v) for rows whose input or code
+     changed; rows whose output changed form the next C.
+Finally the final norm, the running pooled sum and the head. Row-wise stages of several documents
+run in one call (`apply_many`); attention rows are per document (each has its own keys).
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from vqinc.runtime.manifest import Manifest
-from vqinc.runtime.sessions import Sessions
+from vqinc.runtime.attention import KeyDelta, lazy_update, recompute_rows
+from vqinc.runtime.config import ModelSpec
+from vqinc.runtime.executor import Executor
+from vqinc.runtime.numerics import Codebook
+from vqinc.runtime.planner import EMPTY, EditShape, LayerPlan, edit_shape, plan_layer
+from vqinc.runtime.stages import INCREMENTAL_ROWS, full_macs, stage_macs
 from vqinc.runtime.state import DocState
 
 I64 = npt.NDArray[np.int64]
-EMPTY = np.zeros(0, np.int64)
-CANCELLATION = 1e-6  # den may shrink by this factor before the subtraction is distrusted
-NEAR_TIE = 1e-5  # margins below this are counted as float-tie risks in the stats
-ATTN_CHUNK_BYTES = 64 << 20
 
 
 @dataclass
@@ -41,206 +41,273 @@ class EditStats:
     n_insert: int
     num_tokens: int
     rows: dict[str, list[int]] = field(default_factory=dict)
-    """stage -> rows run per layer: qkv, attn_full (queries recomputed), attn_update (queries
-    updated), encode, post."""
+    """Per layer, rows through each step: embed_qkv (rows whose q, k, v were computed), lazy (queries
+    updated in place), attend (rows recomputed), refine (of those, rows float32 could not decide,
+    recomputed in float64), post."""
     macs: int = 0
     full_macs: int = 0
     near_ties: int = 0
-    """Encoded (row, head) pairs whose code margin was below 1e-5: where float noise could flip a code."""
+    """(row, head) pairs whose code the float32 path could not prove (recomputed in float64)."""
+    canonical_rows: int = 0
+    """Rows float64 could not decide either: computed alone, keys in position order (true near-ties)."""
+    dense_layers: int = 0
+    """Layers where so much changed that every later query was recomputed."""
+    graph_calls: int = 0
     wall_ms: float = 0.0
 
     @property
     def savings(self) -> float:
         return self.full_macs / max(self.macs, 1)
 
-
-def full_macs(man: Manifest, n: int) -> int:
-    """Multiply-accumulates of computing a document of n rows from scratch with the stage graphs."""
-    g = man.graphs
-    per_row = g["qkv"].macs_per_row + g["encode"].macs_per_row + g["post"].macs_per_row
-    pairs = n * (n + 1) // 2
-    return man.num_layers * (n * per_row + pairs * g["attention"].macs_per_row) + g["head"].macs_per_row
+    @classmethod
+    def nothing(cls, spec: ModelSpec, num_tokens: int) -> EditStats:
+        """The stats of an edit that changes nothing (no work; a full recompute would still cost)."""
+        return cls(0, 0, num_tokens, {k: [0] * spec.num_layers for k in INCREMENTAL_ROWS},
+                   full_macs=full_macs(spec, num_tokens + 1))
 
 
-def _union(*arrays: I64) -> I64:
-    return np.unique(np.concatenate(arrays)) if arrays else EMPTY
+@dataclass
+class _Job:
+    """One document's edit in flight through the layers."""
+
+    state: DocState
+    shape: EditShape
+    stats: EditStats
+    is_new: np.ndarray  # (cap,) bool: slot created by this edit
+    changed: I64 = field(default_factory=lambda: EMPTY)  # rows whose current layer's input changed
+    pending: tuple[np.ndarray, ...] | None = None  # new q, k, v of `changed`, as (R, H|Hkv, dh)
+    y_changed: I64 = field(default_factory=lambda: EMPTY)
 
 
 class Engine:
     """Stateless driver: `apply(state, row, n_delete, new_ids)` mutates a DocState in place."""
 
-    def __init__(self, sessions: Sessions):
-        self.s = sessions
-        m = sessions.manifest
-        self.man = m
-        self.positions = m.positions
-        self.pooling = m.pooling
-        self.macs = {k: v.macs_per_row for k, v in m.graphs.items()}
+    def __init__(self, executor: Executor, spec: ModelSpec, codebooks: list[np.ndarray]):
+        self.x, self.spec = executor, spec
+        self.codebooks = [Codebook(c) for c in codebooks]
+        self.macs = stage_macs(spec)
+        self.need_rate = [0.01] * spec.num_layers
+        """Per layer, the running estimate of the fraction of lazy queries recomputed per changed key
+        (it only steers the planner's lazy-or-dense choice; both are exact)."""
 
-    def apply(self, st: DocState, row: int, n_delete: int, new_ids: I64) -> EditStats:
+    def apply(self, state: DocState, row: int, n_delete: int, new_ids: I64) -> EditStats:
         """Replace rows [row, row + n_delete) by `new_ids`; validation is the caller's job."""
-        t0 = time.perf_counter()
-        s, r, n_old = len(new_ids), n_delete, st.n
-        n = n_old - r + s
-        stats = EditStats(n_delete=r, n_insert=s, num_tokens=n,
-                          rows={k: [] for k in ("qkv", "attn_full", "attn_update", "encode", "post")})
-        new_slots = st.alloc(s)  # before freeing: freed slots keep their old values during this edit
-        freed = st.order[row:row + r].copy()
-        st.order = np.concatenate([st.order[:row], new_slots, st.order[row + r:]])
-        st.ids = np.concatenate([st.ids[:row], np.asarray(new_ids, np.int64), st.ids[row + r:]])
+        return self.apply_many([(state, row, n_delete, new_ids)])[0]
+
+    def apply_many(self, edits: list[tuple[DocState, int, int, I64]]) -> list[EditStats]:
+        """Apply one splice to each of several distinct documents, sharing the row-wise graph calls."""
+        t0, calls0 = time.perf_counter(), self.x.calls
+        jobs = [self._start(*e) for e in edits]
+        self._embed(jobs)
+        for layer_idx in range(self.spec.num_layers):
+            for job in jobs:
+                self._attention(job, layer_idx)
+            self._post(jobs, layer_idx)
+        self._head(jobs)
+        wall = (time.perf_counter() - t0) * 1e3
+        for job in jobs:
+            job.state.release(job.shape.deleted_slots)
+            job.stats.full_macs = full_macs(self.spec, job.state.n)
+            job.stats.wall_ms = wall
+            job.stats.graph_calls = self.x.calls - calls0
+        return [job.stats for job in jobs]
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _start(self, st: DocState, row: int, n_delete: int, new_ids: I64) -> _Job:
+        new_ids = np.asarray(new_ids, np.int64)
+        s = len(new_ids)
+        new_slots = st.alloc(s)
+        before = st.order
+        st.order = np.concatenate([before[:row], new_slots, before[row + n_delete:]])
+        st.ids = np.concatenate([st.ids[:row], new_ids, st.ids[row + n_delete:]])
+        shape = edit_shape(before, row, n_delete, new_slots, st.order)
+        st.pos[shape.deleted_slots] = -1  # invisible as keys from now on; readable until released
+        end = st.n if s != n_delete else row + s  # positions that changed
+        st.pos[st.order[row:end]] = np.arange(row, end)
         is_new = np.zeros(st.capacity, bool)
         is_new[new_slots] = True
-        new_rows = np.arange(row, row + s)
-        shifted = np.arange(row + s, n) if s != r else EMPTY
-        changed = _union(new_rows, shifted) if self.positions == "learned" else new_rows
-        moved_pos = shifted if self.positions == "rope" else EMPTY
+        stats = EditStats(n_delete, s, st.n - 1, {k: [] for k in INCREMENTAL_ROWS})
+        job = _Job(st, shape, stats, is_new)
+        if self.spec.positions == "learned" and len(shape.moved_slots):  # absolute positions are inputs
+            job.changed = np.union1d(new_slots, shape.moved_slots).astype(np.int64)
+        else:
+            job.changed = np.sort(new_slots)
+        return job
 
-        if len(changed):
-            (x0,) = self.s.embed.run(ids=st.ids[changed], positions=changed)
-            st.layers[0].x[st.order[changed]] = x0
-        for layer_idx in range(self.man.num_layers):
-            changed = self._layer(st, layer_idx, changed, moved_pos, row, r, s, freed, is_new, stats)
-        self._head(st, changed, freed, is_new, stats)
-        st.free.extend(int(x) for x in freed)
-        stats.full_macs = full_macs(self.man, n)
-        stats.wall_ms = (time.perf_counter() - t0) * 1e3
-        return stats
+    def _embed(self, jobs: list[_Job]) -> None:
+        """Layer 0's input and q, k, v of new rows (and, with learned positions, shifted rows)."""
+        todo = [j for j in jobs if len(j.changed)]
+        if not todo:
+            return
+        ids = np.concatenate([j.state.ids[j.state.pos[j.changed]] for j in todo])
+        positions = np.concatenate([j.state.pos[j.changed] for j in todo])
+        x, q, k, v = self.x.run("embed_qkv", ids=ids, positions=positions)
+        for j, sl in zip(todo, _splits(todo), strict=True):
+            j.state.layers[0].x[j.changed] = x[sl]
+            j.pending = (q[sl], k[sl], v[sl])
+            j.stats.macs += len(j.changed) * self.macs["embed_qkv"].per_row
 
-    # -- one layer ---------------------------------------------------------------------------
-    def _layer(self, st: DocState, li: int, changed: I64, moved_pos: I64, row: int, r: int, s: int,
-               freed: I64, is_new: np.ndarray, stats: EditStats) -> I64:
-        L, order, n = st.layers[li], st.order, st.n
-        dirty = _union(changed, moved_pos)  # positions whose q/k/v must be recomputed
-        survivors = dirty[~is_new[order[dirty]]]
-        old_k, old_v = L.k[order[survivors]], L.v[order[survivors]]  # fancy indexing copies
-        if len(dirty):
-            q, k, v = self.s.qkv[li].run(x=L.x[order[dirty]], positions=dirty)
-            sl = order[dirty]
-            L.q[sl], L.k[sl], L.v[sl] = q, k, v
-            stats.macs += len(dirty) * self.macs["qkv"]
-        stats.rows["qkv"].append(len(dirty))
-
-        # Queries with unchanged q that may see a changed key: update their accumulators.
-        first_key = min(([int(dirty[0])] if len(dirty) else []) + ([row] if r else []), default=n)
-        is_dirty = np.zeros(n, bool)
-        is_dirty[dirty] = True
-        update = np.arange(first_key, n)
-        update = update[~is_dirty[update]]
-        redo = EMPTY
-        attn_before = attn_after = None
-        if len(update):
-            rem_k = np.concatenate([L.k[freed], old_k]) if r else old_k
-            rem_v = np.concatenate([L.v[freed], old_v]) if r else old_v
-            rem_pos = np.concatenate([np.full(r, row), survivors]) if r else survivors
-            attn_before, attn_after, redo = self._update(L, order, update, rem_k, rem_v, rem_pos, dirty, stats)
-        stats.rows["attn_update"].append(len(update))
-        full = _union(dirty, update[redo]) if len(redo) else dirty
-        if len(full):
-            self._full_rows(L, order, full, stats)
-        stats.rows["attn_full"].append(len(full))
-
-        # Which queries need re-encoding?
-        enc = full
-        if len(update):
-            keep = ~redo_mask(len(update), redo)
-            up, before, after = update[keep], attn_before[keep], attn_after[keep]
-            moved = np.linalg.norm((after - before).astype(np.float64), axis=-1)  # (u, H)
-            sl = order[up]
-            margin = L.margin[sl].astype(np.float64)
-            need = (moved >= margin * (1 - 1e-4) - 1e-7).any(axis=1)
-            L.margin[sl[~need]] = (margin[~need] - moved[~need]).astype(np.float32)
-            enc = _union(full, up[need])
+    # -- one layer of one document -------------------------------------------------------------
+    def _attention(self, job: _Job, li: int) -> None:
+        st, stats, spec = job.state, job.stats, self.spec
+        L = st.layers[li]
+        plan = plan_layer(st.pos, st.order, job.changed, job.shape, spec.positions, job.is_new, self.need_rate[li])
+        dirty_q, dirty_k, dirty_v = self._dirty_qkv(job, li, plan)
+        stats.rows["embed_qkv"].append(len(plan.dirty))
+        if len(plan.lazy):
+            keys = self._key_delta(job, L, plan, dirty_k, dirty_v)
+            need = lazy_update(L, plan.lazy, st.pos[plan.lazy], keys, self.codebooks[li], spec)
+        else:
+            need = np.zeros(0, bool)
+        if len(plan.lazy) and plan.changed_keys:
+            observed = 1.0 - (1.0 - need.mean()) ** (1.0 / plan.changed_keys)
+            self.need_rate[li] = 0.7 * self.need_rate[li] + 0.3 * observed
+        stats.rows["lazy"].append(len(plan.lazy))
+        stats.macs += int(len(plan.lazy) * plan.changed_keys * spec.num_heads * spec.head_dim)
+        self._store_qkv(st, li, plan.dirty, dirty_q, dirty_k, dirty_v)
+        recompute = np.union1d(plan.recompute, plan.lazy[need]).astype(np.int64)
         code_changed = EMPTY
-        if len(enc):
-            sl = order[enc]
-            attn = (L.num[sl] / L.den[sl][..., None]).astype(np.float32)
-            codes, margin = self.s.encode[li].run(attn=attn)
-            diff = (codes != L.codes[sl]).any(axis=1) | is_new[sl]
-            L.codes[sl], L.margin[sl] = codes, margin
-            code_changed = enc[diff]
-            stats.macs += len(enc) * self.macs["encode"]
-            stats.near_ties += int((margin < NEAR_TIE).sum())
-        stats.rows["encode"].append(len(enc))
+        refined = 0
+        if len(recompute):
+            old = L.codes[recompute].copy()
+            res = recompute_rows(self._attend_fn(li), self._refine, L, recompute, st.pos, st.order,
+                                 st.kmax[li], st.vmax[li], self.codebooks[li], spec)
+            L.codes[recompute] = res.codes
+            code_changed = recompute[(res.codes != old).any(axis=1) | job.is_new[recompute]]
+            refined = res.refined
+            stats.near_ties += res.refined
+            stats.canonical_rows += res.canonical_rows
+            visible = st.pos[recompute] + 1
+            stats.macs += (int(visible.sum()) + res.canonical_pairs) * self.macs["attend"].per_pair
+            stats.macs += len(recompute) * self.macs["attend"].per_row
+            if refined:
+                stats.macs += refined * int(visible.max()) * self.macs["refine"].per_pair
+        stats.rows["attend"].append(len(recompute))
+        stats.rows["refine"].append(refined)
+        stats.dense_layers += plan.dense
+        job.changed = np.union1d(job.changed, code_changed).astype(np.int64)  # rows that need post
 
-        post = _union(changed, code_changed)
-        stats.rows["post"].append(len(post))
-        if not len(post):
-            return EMPTY
-        sl = order[post]
-        (out,) = self.s.post[li].run(x=L.x[sl], codes=L.codes[sl])
-        stats.macs += len(post) * self.macs["post"]
-        nxt = st.layers[li + 1].x if li + 1 < self.man.num_layers else st.x_out
-        differs = (out != nxt[sl]).any(axis=1) | is_new[sl]
-        nxt[sl] = out
-        return post[differs]
+    @staticmethod
+    def _key_delta(job: _Job, L, plan: LayerPlan, dirty_k: np.ndarray, dirty_v: np.ndarray) -> KeyDelta:
+        """The keys unchanged queries see come and go: new rows (added), deleted rows (removed), and dirty
+        rows that existed before (modified: old values still in the state, new ones pending)."""
+        st = job.state
+        new = job.is_new[plan.dirty]
+        old_rows = plan.dirty[~new]
+        kt, vt = dirty_k.transpose(1, 0, 2), dirty_v.transpose(1, 0, 2)
+        deleted = job.shape.deleted_slots
+        return KeyDelta.build(
+            (kt[:, new], vt[:, new], st.pos[plan.dirty[new]]),
+            (L.k[:, deleted], L.v[:, deleted], np.full(len(deleted), job.shape.row, np.int64)),
+            (L.k[:, old_rows], L.v[:, old_rows], st.pos[old_rows]),
+            (kt[:, ~new], vt[:, ~new], st.pos[old_rows]))
 
-    def _update(self, L, order: I64, pos: I64, rem_k, rem_v, rem_pos: I64, added: I64, stats: EditStats):
-        """Subtract removed keys' and add changed keys' contributions for queries at positions `pos`.
+    def _dirty_qkv(self, job: _Job, li: int, plan: LayerPlan) -> tuple[np.ndarray, ...]:
+        """New q, k, v (R, H|Hkv, dh) of `plan.dirty`, in its order: the pending values of rows whose
+        input changed, and (rope) the qkv graph on rows whose position moved."""
+        rows, parts = job.changed, job.pending if job.pending is not None else _empty_qkv(self.spec)
+        if len(plan.qkv):
+            st = job.state
+            moved = self.x.run("qkv", li, x=st.layers[li].x[plan.qkv], positions=st.pos[plan.qkv])
+            job.stats.macs += len(plan.qkv) * self.macs["qkv"].per_row
+            rows = np.concatenate([rows, plan.qkv])
+            parts = tuple(np.concatenate([a, b]) for a, b in zip(parts, moved, strict=True))
+        if not len(plan.qkv):  # rows are job.changed, sorted already
+            return parts
+        perm = np.argsort(rows, kind="stable")  # plan.dirty is the sorted union of the two
+        return tuple(a[perm] for a in parts)
 
-        Returns (attention output before, after, indices into pos to recompute in full)."""
-        slots = order[pos]
-        q = L.q[slots]
-        m, den, num = L.m[slots], L.den[slots], L.num[slots]
-        before = (num / den[..., None]).astype(np.float32)
-        ref = den
-        if len(rem_pos):
-            mask = rem_pos[None, :] <= pos[:, None]
-            mo, dr, nr = self.s.attention.run(q=q, k=rem_k, v=rem_v, mask=mask, m_in=m)
-            scale = np.exp(m - mo)
-            ref = den * scale
-            den, num, m = ref - dr, num * scale[..., None] - nr, mo
-            stats.macs += int(mask.sum()) * self.macs["attention"]
-        if len(added):
-            sl = order[added]
-            mask = added[None, :] <= pos[:, None]
-            mo, da, na = self.s.attention.run(q=q, k=L.k[sl], v=L.v[sl], mask=mask, m_in=m)
-            scale = np.exp(m - mo)
-            den, num, m = den * scale + da, num * scale[..., None] + na, mo
-            ref = ref * scale
-            stats.macs += int(mask.sum()) * self.macs["attention"]
-        redo = np.nonzero((den <= CANCELLATION * ref).any(axis=1))[0]
-        L.m[slots], L.den[slots], L.num[slots] = m, den, num
-        with np.errstate(invalid="ignore", divide="ignore"):
-            after = (num / den[..., None]).astype(np.float32)
-        return before, after, redo
+    def _store_qkv(self, st: DocState, li: int, rows: I64, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        if not len(rows):
+            return
+        L = st.layers[li]
+        L.q[:, rows] = q.transpose(1, 0, 2)
+        L.k[:, rows] = k.transpose(1, 0, 2)
+        L.v[:, rows] = v.transpose(1, 0, 2)
+        # float32 norms of dh terms are within dh·2^-24 relative: rounded up by 1e-5 they are upper bounds
+        L.qnorm[:, rows] = np.sqrt(np.einsum("rhd,rhd->hr", q, q)) * np.float32(1 + 1e-5)
+        up = 1 + 1e-5
+        st.kmax[li] = np.maximum(st.kmax[li], np.sqrt(np.einsum("rhd,rhd->h", k, k) if len(rows) == 1 else
+                                                      np.einsum("rhd,rhd->rh", k, k).max(0)) * up)
+        st.vmax[li] = np.maximum(st.vmax[li], np.sqrt(np.einsum("rhd,rhd->h", v, v) if len(rows) == 1 else
+                                                      np.einsum("rhd,rhd->rh", v, v).max(0)) * up)
 
-    def _full_rows(self, L, order: I64, rows: I64, stats: EditStats) -> None:
-        """Recompute the accumulators of queries `rows` over all their visible keys, in chunks."""
-        h, dh = L.q.shape[1], L.q.shape[2]
-        per_pair = h * (8 * dh + 24)
-        start = 0
-        while start < len(rows):
-            last = int(rows[min(len(rows) - 1, start)])
-            step = max(1, ATTN_CHUNK_BYTES // max(per_pair * (last + 1), 1))
-            chunk = rows[start:start + step]
-            nk = int(chunk[-1]) + 1
-            keys = order[:nk]
-            mask = np.arange(nk)[None, :] <= chunk[:, None]
-            sl = order[chunk]
-            m, den, num = self.s.attention.run(q=L.q[sl], k=L.k[keys], v=L.v[keys], mask=mask,
-                                               m_in=np.full((len(chunk), h), -np.inf))
-            L.m[sl], L.den[sl], L.num[sl] = m, den, num
-            stats.macs += int(mask.sum()) * self.macs["attention"]
-            start += step
+    def _attend_fn(self, li: int):
+        def run(q, k, v, qpos, kpos):
+            return self.x.run("attend", li, q=q, k=k, v=v, qpos=qpos, kpos=kpos)
+        return run
 
-    # -- head --------------------------------------------------------------------------------
-    def _head(self, st: DocState, changed: I64, freed: I64, is_new: np.ndarray, stats: EditStats) -> None:
-        if len(freed):
-            st.pooled_sum -= st.y[freed].astype(np.float64).sum(axis=0)
-        if len(changed):
-            sl = st.order[changed]
-            (y,) = self.s.final.run(x=st.x_out[sl])
-            old = st.y[sl].astype(np.float64)
-            old[is_new[sl]] = 0.0
-            st.pooled_sum += y.astype(np.float64).sum(axis=0) - old.sum(axis=0)
-            st.y[sl] = y
-        pooled = st.pooled_sum / st.n if self.pooling == "mean" else st.y[st.order[-1]].astype(np.float64)
-        (logits,) = self.s.head.run(pooled=pooled[None, :].astype(np.float32))
-        st.logits = logits[0]
-        stats.macs += self.macs["head"]
+    def _refine(self, q, k, v, qpos, kpos):
+        return self.x.run("refine", q=q, k=k, v=v, qpos=qpos, kpos=kpos)
+
+    # -- row-wise stages, shared by all documents ----------------------------------------------
+    def _post(self, jobs: list[_Job], li: int) -> None:
+        last = li == self.spec.num_layers - 1
+        for j in jobs:
+            j.stats.rows["post"].append(len(j.changed))
+        todo = [j for j in jobs if len(j.changed)]
+        for j in jobs:
+            if not len(j.changed):
+                j.pending = None
+        if not todo:
+            return
+        x = np.concatenate([j.state.layers[li].x[j.changed] for j in todo])
+        codes = np.concatenate([j.state.layers[li].codes[j.changed] for j in todo])
+        if last:
+            (y,) = self.x.run("final", x=x, codes=codes)
+            for j, sl in zip(todo, _splits(todo), strict=True):
+                self._pool(j, y[sl])
+                j.stats.macs += len(j.changed) * self.macs["final"].per_row
+            return
+        positions = np.concatenate([j.state.pos[j.changed] for j in todo])
+        out, q, k, v = self.x.run("post", li, x=x, codes=codes, positions=positions)
+        for j, sl in zip(todo, _splits(todo), strict=True):
+            nxt = j.state.layers[li + 1].x
+            rows = j.changed
+            differs = (out[sl] != nxt[rows]).any(axis=1) | j.is_new[rows]
+            j.stats.macs += len(rows) * self.macs["post"].per_row
+            j.changed = rows[differs]
+            nxt[j.changed] = out[sl][differs]
+            j.pending = (q[sl][differs], k[sl][differs], v[sl][differs])
+
+    def _pool(self, job: _Job, y: np.ndarray) -> None:
+        st, rows = job.state, job.changed
+        old = st.y[rows].astype(np.float64)
+        old[job.is_new[rows]] = 0.0
+        st.pooled_sum += y.astype(np.float64).sum(axis=0) - old.sum(axis=0)
+        st.y[rows] = y
+        job.y_changed = rows
+
+    def _head(self, jobs: list[_Job]) -> None:
+        todo = []
+        for j in jobs:
+            st = j.state
+            deleted = j.shape.deleted_slots
+            if len(deleted):
+                st.pooled_sum -= st.y[deleted].astype(np.float64).sum(axis=0)
+            if len(j.y_changed) or len(deleted) or len(j.shape.new_slots):
+                todo.append(j)
+        if not todo:
+            return
+        if self.spec.pooling == "mean":
+            pooled = np.stack([j.state.pooled_sum / j.state.n for j in todo])
+        else:
+            pooled = np.stack([j.state.y[j.state.order[-1]].astype(np.float64) for j in todo])
+        (logits,) = self.x.run("head", pooled=pooled.astype(np.float32))
+        for j, row in zip(todo, logits, strict=True):
+            j.state.logits = row
+            j.stats.macs += self.macs["head"].per_row
 
 
-def redo_mask(size: int, redo: I64) -> np.ndarray:
-    m = np.zeros(size, bool)
-    m[redo] = True
-    return m
+def _splits(jobs: list[_Job]) -> list[slice]:
+    """Row ranges of each job's `changed` rows inside a concatenated batch."""
+    out, start = [], 0
+    for j in jobs:
+        out.append(slice(start, start + len(j.changed)))
+        start += len(j.changed)
+    return out
+
+
+def _empty_qkv(spec: ModelSpec) -> tuple[np.ndarray, ...]:
+    h, hkv, dh = spec.num_heads, spec.num_kv_heads, spec.head_dim
+    return (np.zeros((0, h, dh), np.float32), np.zeros((0, hkv, dh), np.float32), np.zeros((0, hkv, dh), np.float32))

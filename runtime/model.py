@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from vqinc.runtime.engine import Engine
+from vqinc.runtime.config import ModelSpec
+from vqinc.runtime.engine import EditStats, Engine
+from vqinc.runtime.executor import Executor
 from vqinc.runtime.manifest import Manifest, ModelDirError, load_manifest
-from vqinc.runtime.sessions import Sessions
+
+if TYPE_CHECKING:
+    from vqinc.runtime.document import Document
+
+WARMUP_TEXT = ("A short text that every stage graph sees once at load, so that a user's first edit does "
+               "not pay for ONNX Runtime's first-run allocations. ") * 4
 
 
 def default_model_dir() -> Path:
@@ -19,46 +29,105 @@ def default_model_dir() -> Path:
 
 
 class Model:
-    """Sessions + tokenizer + manifest of one exported VQ model."""
+    """Executor + tokenizer + manifest of one exported VQ model."""
 
-    def __init__(self, root: Path, manifest: Manifest, sessions: Sessions, tokenizer: Tokenizer):
-        self.root, self.manifest, self.sessions, self.tokenizer = root, manifest, sessions, tokenizer
-        self.engine = Engine(sessions)
-        a = manifest.arch
-        self.num_layers = manifest.num_layers
-        self.d_model, self.num_heads = int(a["d_model"]), int(a["num_heads"])
-        self.num_kv_heads, self.vocab_size = int(a["num_kv_heads"]), int(a["vocab_size"])
-        self.head_dim = self.d_model // self.num_heads
-        self.labels = manifest.labels
-        self.max_positions = manifest.max_positions
-        self.bos_token_id = manifest.bos_token_id
+    def __init__(self, root: Path, manifest: Manifest, executor: Executor, tokenizer: Tokenizer,
+                 codebooks: np.ndarray):
+        self.root, self.manifest, self.executor, self.tokenizer = root, manifest, executor, tokenizer
+        self.spec: ModelSpec = executor.spec
+        self.engine = Engine(executor, self.spec, list(codebooks))
+        self._edit_lock = threading.Lock()  # serialises edit_many rounds against each other
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, providers: list[str] | None = None,
-             threads: int | None = None) -> Model:
+             threads: int | None = None, warm_up: bool = True) -> Model:
         """Load and validate a model directory (default: the bundled model)."""
         root = Path(model_dir) if model_dir is not None else default_model_dir()
         manifest = load_manifest(root)
+        spec = manifest.spec
         try:
             tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer))
         except Exception as e:
-            raise ModelDirError(f"{root}: {manifest.tokenizer} is not a valid tokenizers file ({e})") from e
-        if tokenizer.get_vocab_size() > int(manifest.arch["vocab_size"]):
+            raise ModelDirError(f"{root}: {manifest.tokenizer} is not a valid tokenizers file ({e})") from None
+        if tokenizer.get_vocab_size() > spec.vocab_size:
             raise ModelDirError(f"{root}: {manifest.tokenizer} has {tokenizer.get_vocab_size()} tokens, more "
-                                f"than the model's vocabulary {manifest.arch['vocab_size']}")
-        return cls(root, manifest, Sessions(root, manifest, providers, threads), tokenizer)
+                                f"than the model's vocabulary {spec.vocab_size}")
+        executor = Executor(root, manifest, spec, providers, threads)  # checks every graph's shapes against spec
+        codebooks = _load_codebooks(root / manifest.codebooks, spec)
+        model = cls(root, manifest, executor, tokenizer, codebooks)
+        if warm_up:
+            model.warm_up()
+        return model
 
-    def document(self, text: str = ""):
+    def warm_up(self) -> None:
+        """Run every stage once on a short document and an edit of it."""
+        ids = self.tokenizer.encode(WARMUP_TEXT, add_special_tokens=False).ids[: self.max_positions // 2]
+        doc = self.document_ids(ids)
+        doc.edit_tokens(len(ids) // 2, 1, ids[:2])
+
+    # -- sizes (a view of `spec`) --------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.spec.num_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.spec.d_model
+
+    @property
+    def num_heads(self) -> int:
+        return self.spec.num_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.spec.num_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.spec.head_dim
+
+    @property
+    def vocab_size(self) -> int:
+        return self.spec.vocab_size
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.spec.labels
+
+    @property
+    def max_positions(self) -> int:
+        return self.spec.max_positions
+
+    @property
+    def bos_token_id(self) -> int:
+        return self.spec.bos_token_id
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers the sessions run on (what ORT reports, in priority order)."""
+        return self.executor.providers_in_use()
+
+    # -- documents ---------------------------------------------------------------------------
+    def document(self, text: str = "") -> Document:
         """A new incremental document holding `text`."""
         from vqinc.runtime.document import Document
 
         return Document(self, text)
 
-    def document_ids(self, ids: list[int]):
+    def document_ids(self, ids: Sequence[int]) -> Document:
         """A document built from token ids (BOS excluded) rather than text."""
-        from vqinc.runtime.document import Document
+        from vqinc.runtime.document import Document, check_ids
 
-        return Document(self, "", _ids=[int(i) for i in ids])
+        return Document(self, "", _ids=check_ids(ids, self.vocab_size))
+
+    def edit_many(self, edits: Sequence[tuple[Document, int, int, str]]) -> list[EditStats]:
+        """Apply character edits `(document, start, end, text)` to several documents, sharing the
+        row-wise graph calls between them. Each result equals editing that document alone; a document
+        may appear more than once (its edits apply in order). All edits are validated first: an invalid
+        one raises and no document changes."""
+        from vqinc.runtime.document import edit_many
+
+        return edit_many(self, edits)
 
     def classify(self, text: str) -> tuple[str, np.ndarray]:
         """One-shot: (label, probabilities)."""
@@ -67,11 +136,36 @@ class Model:
 
     def full_logits(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """The monolithic graph on `text`: (logits (C,), codes (L, n, H)); the baseline contender."""
-        ids = self.encode_ids(text)
-        logits, codes = self.sessions.full.run(ids=ids)
+        logits, codes = self.run_full(self.encode_ids(text))
         return logits[0], codes
+
+    def run_full(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """full.onnx on token ids (BOS first): (logits (1, C), codes (L, n, H))."""
+        logits, codes = self.executor.run("full", ids=np.asarray(ids, np.int64))
+        return logits, codes
 
     def encode_ids(self, text: str) -> np.ndarray:
         """Token ids with BOS first, as every graph expects."""
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         return np.asarray([self.bos_token_id, *ids], np.int64)
+
+
+def _load_codebooks(path: Path, spec: ModelSpec) -> np.ndarray:
+    want = (spec.num_layers, spec.num_heads, spec.num_codes, spec.head_dim)
+    try:
+        with open(path, "rb") as f:  # the header first: an array is read only once its shape is the one wanted
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"format version {version}; 1.0 or 2.0 expected")
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
+            f.seek(0)
+            cb = np.load(f, allow_pickle=False) if shape == want and dtype == np.float32 else None
+    except (OSError, ValueError, EOFError) as e:
+        raise ModelDirError(f"{path.parent}: {path.name} is not a readable .npy array ({e})") from None
+    if cb is None or not np.isfinite(cb).all():
+        got = f"{dtype} {shape}" if cb is None else "values that are not finite"
+        raise ModelDirError(f"{path.parent}: {path.name} holds {got}; the model needs finite float32 {want} "
+                            "(layers, heads, codes, head width)")
+    return cb

@@ -1,7 +1,9 @@
 """Replay of real edit histories through incremental documents, with per-edit statistics.
 
 Shared by `vqinc replay`, `vqinc demo` and the benchmarks. A long text is followed through an
-`EditWindow` of at most `max_tokens` tokens; edits outside the window do not touch the document.
+`EditWindow` of at most `max_tokens` tokens; edits outside the window do not touch the document (a text
+that fits is one window: every edit reaches it). A trace whose edits do not fit its text is refused
+before anything runs (`Trace.check`).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class ReplaySummary:
             ("MACs per edit (median)", f"{np.median(macs):,.0f} vs full {np.median(full):,.0f}"),
             ("ops saved (median ratio / total ratio)", f"{np.median(ratio):.1f}x / {full.sum() / macs.sum():.1f}x"),
             ("label changes", f"{self.label_changes}"),
-            ("near-tie codes (margin < 1e-5)", f"{sum(e.near_ties for e in self.edits)}"),
+            ("codes float32 could not prove (settled in float64)", f"{sum(e.near_ties for e in self.edits)}"),
         ]
         if self.checked_revisions:
             rows.append(("vs fresh build (revisions / code flips / max dlogit)",
@@ -83,8 +85,18 @@ def initial_window(model: Model, text: str, max_tokens: int, center: int | None 
     c_tok = next((i for i, (a, _) in enumerate(offsets) if a >= center), len(offsets) - 1)
     lo = max(0, min(c_tok - limit // 2, len(offsets) - limit))
     # a little slack: re-tokenising a window may split its edge tokens differently
-    lo_char, hi_char = offsets[lo][0], offsets[lo + limit - 8][1]
+    slack = min(7, (limit - 1) // 2)  # 7: the window used to end at token lo + limit - 8
+    lo_char, hi_char = offsets[lo][0], offsets[lo + limit - 1 - slack][1]
     return EditWindow(lo_char, hi_char)
+
+
+def check_replay_args(max_tokens: int, max_revisions: int | None = None) -> None:
+    """ValueError unless `max_tokens` is an int >= 1 and `max_revisions` None or an int >= 0."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    if max_revisions is not None and (isinstance(max_revisions, bool) or not isinstance(max_revisions, int)
+                                      or max_revisions < 0):
+        raise ValueError(f"max_revisions must be None or an integer >= 0, got {max_revisions!r}")
 
 
 def replay_trace(
@@ -96,7 +108,10 @@ def replay_trace(
     max_revisions: int | None = None,
     check: bool = False,
 ) -> ReplaySummary:
-    """Apply every atomic edit of `trace` to a windowed document; collect stats per edit and revision."""
+    """Apply every atomic edit of `trace` to a windowed document; collect stats per edit and revision.
+    ValueError (before any work) for bad arguments or an edit that does not fit the text it applies to."""
+    check_replay_args(max_tokens, max_revisions)
+    trace.check()
     summary = summary or ReplaySummary()
     text = trace.base
     edits_all = [e for rev in trace.revisions for e in rev.edits]
@@ -109,7 +124,7 @@ def replay_trace(
             break
         t0, n0, macs, full = time.perf_counter(), len(summary.edits), 0, 0
         for e in rev.edits:
-            text = text[:e.at] + e.insert + text[e.at + e.delete:]
+            text = Trace.apply(text, e)
             local = win.local(e.at, e.delete, e.insert)
             if local is None:
                 summary.skipped_edits += 1

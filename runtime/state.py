@@ -1,67 +1,89 @@
 """All mutable numeric state of one document, stored by *slot* rather than by position.
 
-An insertion or deletion in the middle of a 1,000-token document would otherwise shift every
-per-layer array (tens of MB); instead each row lives in a fixed slot and `order[i]` names the slot
-of position i, so an edit touches only the rows it changes. Slots freed by an edit are reused later.
+An insertion in the middle of a document would otherwise shift every per-layer array; instead each
+row lives in a fixed slot, `order[i]` names the slot of position i and `pos[slot]` the position of a
+slot (-1 when free). Graphs read whole K/V buffers with `pos` as the key positions, so no edit
+gathers or shifts them. Slots freed by an edit are reused later; capacity grows by a quarter, and
+after large deletions the rows are compacted back to an eighth of spare capacity (`compact`).
+
+Per layer and slot the state keeps what an edit needs to avoid recomputing rows: the layer input x,
+q, k, v, and per head a small attention summary (m, den, den_err, margin, radius) plus the code. The
+attention output itself is not stored: a row that is not recomputed only needs a bound on how far
+its output moved (numerics.py), and a recomputed row gets it back from the `attend` graph.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import numpy.typing as npt
 
+from vqinc.runtime.config import ModelSpec
+
+I64 = npt.NDArray[np.int64]
+
 
 @dataclass
 class LayerState:
-    """Per layer, indexed by slot."""
+    """One layer. Row arrays are indexed by slot; per-head arrays are (heads, slots)."""
 
     x: np.ndarray  # (cap, d) f32 layer input
-    q: np.ndarray  # (cap, H, dh) f32
-    k: np.ndarray  # (cap, Hkv, dh) f32
-    v: np.ndarray  # (cap, Hkv, dh) f32
-    m: np.ndarray  # (cap, H) f64 running max of scores (a stabiliser, not necessarily the true max)
-    den: np.ndarray  # (cap, H) f64 softmax denominator  Σ exp(s - m)
-    num: np.ndarray  # (cap, H, dh) f64 numerator  Σ exp(s - m) v
-    margin: np.ndarray  # (cap, H) f32 radius around the current attention output where the code cannot change
+    q: np.ndarray  # (H, cap, dh) f32
+    k: np.ndarray  # (Hkv, cap, dh) f32; empty slots hold finite values (zeros or a freed row)
+    v: np.ndarray  # (Hkv, cap, dh) f32
+    qnorm: np.ndarray  # (H, cap) f32 |q| per head, for score error bounds
+    m: np.ndarray  # (H, cap) f32 softmax reference point: the max score at the row's last full computation
+    den: np.ndarray  # (H, cap) f64 Σ_j exp(s_j − m) over the visible keys, kept current by lazy updates
+    den_err: np.ndarray  # (H, cap) f64 bound on |den − exact|
+    margin: np.ndarray  # (H, cap) f64 lower bound on the exact output's distance inside its code's cell
+    radius: np.ndarray  # (H, cap) f64 upper bound on |exact output − code vector|
     codes: np.ndarray  # (cap, H) i64
 
     @classmethod
-    def empty(cls, cap: int, d: int, h: int, hkv: int, dh: int) -> LayerState:
+    def empty(cls, cap: int, spec: ModelSpec) -> LayerState:
+        h, hkv, dh, d = spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.d_model
         return cls(
-            x=np.zeros((cap, d), np.float32), q=np.zeros((cap, h, dh), np.float32),
-            k=np.zeros((cap, hkv, dh), np.float32), v=np.zeros((cap, hkv, dh), np.float32),
-            m=np.full((cap, h), -np.inf), den=np.zeros((cap, h)), num=np.zeros((cap, h, dh)),
-            margin=np.zeros((cap, h), np.float32), codes=np.zeros((cap, h), np.int64),
+            x=np.zeros((cap, d), np.float32), q=np.zeros((h, cap, dh), np.float32),
+            k=np.zeros((hkv, cap, dh), np.float32), v=np.zeros((hkv, cap, dh), np.float32),
+            qnorm=np.zeros((h, cap), np.float32), m=np.zeros((h, cap), np.float32),
+            den=np.ones((h, cap)), den_err=np.zeros((h, cap)), margin=np.zeros((h, cap)),
+            radius=np.zeros((h, cap)), codes=np.zeros((cap, h), np.int64),
         )
 
     def grow(self, cap: int) -> None:
-        for name, a in vars(self).items():
-            b = np.zeros((cap, *a.shape[1:]), a.dtype)
-            b[: a.shape[0]] = a
-            setattr(self, name, b)
+        for f in fields(self):
+            a = getattr(self, f.name)
+            axis = 0 if f.name in ("x", "codes") else 1
+            shape = list(a.shape)
+            old = shape[axis]
+            shape[axis] = cap
+            b = np.zeros(shape, a.dtype)
+            b[(slice(None),) * axis + (slice(0, old),)] = a
+            setattr(self, f.name, b)
 
 
 @dataclass
 class DocState:
-    ids: npt.NDArray[np.int64]  # (n,) token ids in position order, BOS first
-    order: npt.NDArray[np.int64]  # (n,) slot of each position
-    free: list[int]
+    ids: I64  # (n,) token ids in position order, BOS first
+    order: I64  # (n,) slot of each position
+    pos: I64  # (cap,) position of each slot, -1 if the slot is free
+    free: list[int]  # free slots, popped from the end (lowest slot first for a fresh document)
     layers: list[LayerState]
-    x_out: np.ndarray  # (cap, d) f32 output of the last layer
-    y: np.ndarray  # (cap, d) f32 final-norm rows
+    y: np.ndarray  # (cap, d) f32 final-norm rows (the head pools them)
     pooled_sum: np.ndarray  # (d,) f64 running Σ y over positions
     logits: np.ndarray  # (C,) f32
+    kmax: np.ndarray  # (L, Hkv) f64 upper bound on |k| of any key ever stored (error bounds)
+    vmax: np.ndarray  # (L, Hkv) f64 upper bound on |v| of any value ever stored
 
     @classmethod
-    def empty(cls, num_layers: int, d: int, h: int, hkv: int, dh: int, num_labels: int,
-              cap: int = 64) -> DocState:
+    def empty(cls, spec: ModelSpec, cap: int = 64) -> DocState:
         return cls(
-            ids=np.zeros(0, np.int64), order=np.zeros(0, np.int64), free=list(range(cap - 1, -1, -1)),
-            layers=[LayerState.empty(cap, d, h, hkv, dh) for _ in range(num_layers)],
-            x_out=np.zeros((cap, d), np.float32), y=np.zeros((cap, d), np.float32),
-            pooled_sum=np.zeros(d), logits=np.zeros(num_labels, np.float32),
+            ids=np.zeros(0, np.int64), order=np.zeros(0, np.int64), pos=np.full(cap, -1, np.int64),
+            free=list(range(cap - 1, -1, -1)), layers=[LayerState.empty(cap, spec) for _ in range(spec.num_layers)],
+            y=np.zeros((cap, spec.d_model), np.float32), pooled_sum=np.zeros(spec.d_model),
+            logits=np.zeros(spec.num_labels, np.float32),
+            kmax=np.zeros((spec.num_layers, spec.num_kv_heads)), vmax=np.zeros((spec.num_layers, spec.num_kv_heads)),
         )
 
     @property
@@ -70,25 +92,55 @@ class DocState:
 
     @property
     def capacity(self) -> int:
-        return int(self.y.shape[0])
+        return int(self.pos.shape[0])
 
-    def alloc(self, count: int) -> npt.NDArray[np.int64]:
-        """`count` unused slots, growing every array (capacity doubles) when needed."""
+    def alloc(self, count: int) -> I64:
+        """`count` unused slots, growing every array by a quarter (at least) when needed."""
         if len(self.free) < count:
             old = self.capacity
-            cap = max(2 * old, old + count - len(self.free) + 16)
+            cap = max(old + old // 4 + 16, old + count - len(self.free) + 16)
             for layer in self.layers:
                 layer.grow(cap)
-            for name in ("x_out", "y"):
-                a = getattr(self, name)
-                b = np.zeros((cap, *a.shape[1:]), a.dtype)
-                b[:old] = a
-                setattr(self, name, b)
+            y = np.zeros((cap, self.y.shape[1]), np.float32)
+            y[:old] = self.y
+            self.y = y
+            self.pos = np.concatenate([self.pos, np.full(cap - old, -1, np.int64)])
             self.free = list(range(cap - 1, old - 1, -1)) + self.free
-        taken = [self.free.pop() for _ in range(count)]
+        if count == 0:
+            return np.zeros(0, np.int64)
+        taken = self.free[-count:][::-1]
+        del self.free[-count:]
         return np.asarray(taken, np.int64)
+
+    def release(self, slots: I64) -> None:
+        self.pos[slots] = -1
+        self.free.extend(int(s) for s in slots[::-1])
+        if self.capacity > 1.3 * self.n + 16 and self.capacity > 64:  # the state stays within ~3x a KV cache
+            self.compact()
+
+    def compact(self) -> None:
+        """Move the rows to slots 0 .. n-1 in position order and drop the spare capacity beyond a
+        margin (after large deletions). Values move, never change: every proof in the state still holds."""
+        n, order = self.n, self.order
+        cap = max(64, n + n // 8 + 16)
+        for layer in self.layers:
+            for f in fields(layer):
+                a = getattr(layer, f.name)
+                axis = 0 if f.name in ("x", "codes") else 1
+                b = np.zeros(a.shape[:axis] + (cap,) + a.shape[axis + 1:], a.dtype)
+                if axis == 0:
+                    b[:n] = a[order]
+                else:
+                    b[:, :n] = a[:, order]
+                setattr(layer, f.name, b)
+        y = np.zeros((cap, self.y.shape[1]), np.float32)
+        y[:n] = self.y[order]
+        self.y = y
+        self.order = np.arange(n, dtype=np.int64)
+        self.pos = np.concatenate([np.arange(n, dtype=np.int64), np.full(cap - n, -1, np.int64)])
+        self.free = list(range(cap - 1, n - 1, -1))
 
     def nbytes(self) -> int:
         """Memory held by the document's arrays (capacity included)."""
-        total = self.x_out.nbytes + self.y.nbytes + self.pooled_sum.nbytes + self.ids.nbytes + self.order.nbytes
-        return total + sum(a.nbytes for layer in self.layers for a in vars(layer).values())
+        total = sum(getattr(self, f).nbytes for f in ("ids", "order", "pos", "y", "pooled_sum", "kmax", "vmax"))
+        return total + sum(getattr(layer, f.name).nbytes for layer in self.layers for f in fields(layer))

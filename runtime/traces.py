@@ -15,6 +15,7 @@ import gzip
 import json
 import os
 import subprocess
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,17 @@ class Trace:
                 text = self.apply(text, e)
             yield text
 
+    def check(self) -> None:
+        """Every edit lands inside the text it applies to (`at + delete <= len(text)`); ValueError naming the
+        document, the revision and the edit otherwise. Lengths only: O(edits)."""
+        length = len(self.base)
+        for rev in self.revisions:
+            for j, e in enumerate(rev.edits):
+                if e.at + e.delete > length:
+                    raise ValueError(f"document {self.doc_id!r}, revision {rev.id!r}, edit {j} (at {e.at}, delete "
+                                     f"{e.delete}): reaches past the end of the text ({length} characters)")
+                length += len(e.insert) - e.delete
+
     @staticmethod
     def apply(text: str, edit: Edit) -> str:
         """`text` with `edit` applied; ValueError if the edit reaches past the end."""
@@ -77,25 +89,30 @@ class Trace:
 
 
 def read_trace_file(path: str | os.PathLike[str], limit: int | None = None) -> Iterator[Trace]:
-    """Traces from a JSONL file (gzip detected by its magic bytes), at most `limit` of them."""
+    """Traces from a JSONL file (gzip detected by its magic bytes), at most `limit` of them. Each is checked
+    (`Trace.check`); a malformed, truncated or undecodable file raises ValueError naming the file and line."""
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
         raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
     p = Path(path)
-    with open(p, "rb") as raw:
-        gz = raw.read(2) == b"\x1f\x8b"
-    with (gzip.open(p, "rt", encoding="utf-8") if gz else open(p, encoding="utf-8")) as f:
-        count = 0
-        for lineno, line in enumerate(f, 1):
-            if limit is not None and count >= limit:
-                return
-            if not line.strip():
-                continue
-            try:
-                yield _parse_trace(json.loads(line))
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                raise ValueError(f"{p}:{lineno}: not a trace record ({type(e).__name__}: {e}); expected "
-                                 "{doc_id, base, revisions: [{id, date, edits: [{at, delete, insert}]}]}") from e
-            count += 1
+    if p.exists() and not p.is_file():
+        raise ValueError(f"{p}: not a file (a trace is a .jsonl or .jsonl.gz file)")
+    count = 0
+    for lineno, line in _lines(p):
+        if limit is not None and count >= limit:
+            return
+        if not line.strip():
+            continue
+        try:
+            trace = _parse_trace(json.loads(line))
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
+            raise ValueError(f"{p}:{lineno}: not a trace record ({type(e).__name__}: {str(e)[:200]}); expected "
+                             "{doc_id, base, revisions: [{id, date, edits: [{at, delete, insert}]}]}") from None
+        try:
+            trace.check()
+        except ValueError as e:
+            raise ValueError(f"{p}:{lineno}: {e}") from None
+        yield trace
+        count += 1
 
 
 def git_file_history(
@@ -162,14 +179,29 @@ def text_edits(old: str, new: str) -> list[Edit]:
 
 
 # -- internals ---------------------------------------------------------------------------------
+def _lines(p: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a plain or gzip file; read errors become ValueErrors naming the file and line."""
+    lineno = 0
+    with open(p, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open(p, "rt", encoding="utf-8") if gz else open(p, encoding="utf-8")) as f:
+            for lineno, line in enumerate(f, 1):
+                yield lineno, line
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # truncated or corrupt gzip, not UTF-8
+        raise ValueError(f"{p}: cannot be read after line {lineno} ({type(e).__name__}: {e})") from None
+
+
 def _parse_trace(obj: dict) -> Trace:
-    revisions = [
-        Revision(str(r["id"]), str(r.get("date", "")),
-                 [Edit(int(e["at"]), int(e["delete"]), e["insert"]) for e in r["edits"]])
-        for r in obj["revisions"]
-    ]
-    if not isinstance(obj["base"], str):
-        raise TypeError(f"base must be str, got {type(obj['base']).__name__}")
+    for key, kind in (("base", str), ("revisions", list)):
+        if not isinstance(obj[key], kind):
+            raise TypeError(f"{key} must be {kind.__name__}, got {type(obj[key]).__name__}")
+    revisions = []
+    for r in obj["revisions"]:
+        if not isinstance(r["edits"], list):
+            raise TypeError(f"edits must be a list, got {type(r['edits']).__name__}")
+        revisions.append(Revision(str(r["id"]), str(r.get("date", "")),
+                                  [Edit(e["at"], e["delete"], e["insert"]) for e in r["edits"]]))
     return Trace(str(obj["doc_id"]), obj["base"], revisions)
 
 

@@ -3,7 +3,9 @@
 Real documents (PEPs) run to tens of thousands of tokens, more than a model's window. The window
 [start, end) covers the same stretch of original content while the text is edited: edits before
 it shift it, edits inside it resize it, edits after it leave it alone, edits across a boundary are
-clipped. `local` turns a full-text edit into the edit of the window's text (or None).
+clipped. An insertion exactly at a boundary (start or end) goes inside the window, so a window that
+holds the whole text sees insertions at offset 0 and appends at the end. `local` turns a full-text
+edit into the edit of the window's text (or None).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ class EditWindow:
     def local(self, at: int, delete: int, insert: str) -> tuple[int, int, str] | None:
         """Apply the full-text edit to the window bounds; return the window-relative (start, end, text)."""
         a, b = at, at + delete
-        if b <= self.start and not (a == b == self.start and self.start > 0):  # entirely before
+        boundary_insert = a == b and a in (self.start, self.end)
+        if b <= self.start and not boundary_insert:  # entirely before
             shift = len(insert) - delete
             self.start += shift
             self.end += shift
             return None
-        if a >= self.end and not (a == self.end and self.start == self.end):  # entirely after
+        if a >= self.end and not boundary_insert:  # entirely after
             return None
         lo, hi = max(a, self.start), min(b, self.end)
         cut_before = max(0, self.start - a)  # deleted chars before the window

@@ -59,13 +59,13 @@ def make_tokenizer():
 
 
 def make_tiny_model(family: str, positions: str, num_kv_heads: int, vocab: int, seed: int = 0,
-                    num_codes: int = 8, residual: bool = False):
+                    num_codes: int = 8, residual: bool = False, d_model: int = 16):
     import torch
 
     from vqinc.model.adapt import scratch_model
     from vqinc.model.config import ArchConfig, VQConfig
 
-    arch = ArchConfig(family=family, vocab_size=vocab, d_model=16, num_layers=2, num_heads=4,
+    arch = ArchConfig(family=family, vocab_size=vocab, d_model=d_model, num_layers=2, num_heads=4,
                       num_kv_heads=num_kv_heads, d_ff=32, max_positions=256, bos_token_id=0)
     vq = VQConfig(num_codes=num_codes, residual=residual, residual_heads=4)
     model = scratch_model(arch, ("neg", "pos"), positions=positions, vq=vq, seed=seed)
@@ -97,11 +97,48 @@ def exported(tmp_path_factory, tokenizer) -> dict[str, Exported]:
 
 
 @pytest.fixture(scope="session")
-def loaded(exported):
-    """Runtime `Model`s of every tiny config."""
+def with_decoder(exported, tmp_path_factory):
+    """name -> a copy of that tiny model directory with its default decoder.onnx added (made once per session)."""
+    import shutil
+
+    from vqinc.export.decoder import add_decoder
+
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            d = tmp_path_factory.mktemp(f"dec-{name}")
+            shutil.copytree(exported[name].model_dir, d, dirs_exist_ok=True)
+            add_decoder(exported[name].torch_model, d)
+            made[name] = d
+        return made[name]
+    return get
+
+
+TEST_PROVIDER_ENV = "VQINC_TEST_PROVIDER"
+
+
+@pytest.fixture(scope="session")
+def test_providers() -> list[str] | None:
+    """`providers=` for the runtime tests: $VQINC_TEST_PROVIDER (e.g. CUDAExecutionProvider) or None (CPU).
+    Tests that use it skip, with the reason, when that provider is not available in this onnxruntime."""
+    name = os.environ.get(TEST_PROVIDER_ENV)
+    if not name:
+        return None
+    import onnxruntime as ort
+
+    if name not in ort.get_available_providers():
+        pytest.skip(f"{TEST_PROVIDER_ENV}={name} is not available in onnxruntime {ort.__version__} "
+                    f"(available: {ort.get_available_providers()}); install onnxruntime-gpu on a GPU machine")
+    return [name]
+
+
+@pytest.fixture(scope="session")
+def loaded(exported, test_providers):
+    """Runtime `Model`s of every tiny config (on $VQINC_TEST_PROVIDER when it is set)."""
     from vqinc.runtime.model import Model
 
-    return {name: Model.load(e.model_dir, threads=1) for name, e in exported.items()}
+    return {name: Model.load(e.model_dir, threads=1, providers=test_providers) for name, e in exported.items()}
 
 
 @pytest.fixture(autouse=True)

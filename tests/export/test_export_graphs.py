@@ -35,30 +35,35 @@ def test_monolithic_equals_stage_chain(loaded, name):
 
 def test_one_custom_node_per_vq_op(exported):
     d = exported["llama-none"].model_dir
-    enc = onnx.load(str(d / "layers.0.encode.onnx"))
+    attend = onnx.load(str(d / "layers.0.attend.onnx"))
     post = onnx.load(str(d / "layers.0.post.onnx"))
-    assert [n.op_type for n in enc.graph.node if n.domain == "vqinc"] == ["VQEncodeMargin"]
+    final = onnx.load(str(d / "final.onnx"))
+    assert [n.op_type for n in attend.graph.node if n.domain == "vqinc"] == ["VQEncode"]
     assert [n.op_type for n in post.graph.node if n.domain == "vqinc"] == ["VQDecode"]
-    assert {f.name for f in enc.functions} >= {"VQEncodeMargin"}
-    attn = onnx.load(str(d / "attention.onnx"))
-    assert [n.op_type for n in attn.graph.node] == ["AttentionPartial"]
+    assert [n.op_type for n in final.graph.node if n.domain == "vqinc"] == ["VQDecode"]
+    assert {f.name for f in attend.functions} >= {"VQEncode"}
+    refine = onnx.load(str(d / "refine.onnx"))  # float64 attention in plain ops, no weights
+    assert not [n for n in refine.graph.node if n.domain == "vqinc"] and not refine.graph.initializer
 
 
-def test_manifest_records_sizes_macs_and_dynamic_rows(exported):
+def test_manifest_records_files_macs_and_dynamic_rows(exported):
     d = exported["llama-rope"].model_dir
     m = load_manifest(d)
     raw = json.loads((d / "manifest.json").read_text())
-    assert raw["format_version"] == 1
-    assert m.positions == "rope" and m.num_layers == 2
-    assert set(m.file_sizes) == {*graph_files(m), "tokenizer.json"}
-    a = m.arch
-    assert m.graphs["qkv"].macs_per_row == a["d_model"] * (a["num_heads"] + 2 * a["num_kv_heads"]) * 4
-    assert m.graphs["encode"].macs_per_row == 8 * a["d_model"]
+    assert raw["format_version"] == 2
+    s = m.spec
+    assert s.positions == "rope" and s.num_layers == 2
+    assert set(m.files) == {*graph_files(m), "tokenizer.json", "codebooks.npy"}
+    assert all(len(f.sha256) == 64 and f.bytes == (d / rel).stat().st_size for rel, f in m.files.items())
+    qkv = s.d_model * (s.num_heads + 2 * s.num_kv_heads) * s.head_dim
+    assert m.graphs["embed_qkv"].macs_per_row == qkv
+    assert m.graphs["attend"].macs_per_row == 8 * s.d_model and m.graphs["attend"].macs_per_pair == 2 * s.d_model
+    assert "qkv" in m.graphs and "qkv" not in load_manifest(exported["llama-none"].model_dir).graphs
     for rel in graph_files(m):
         g = onnx.load(str(d / rel)).graph
-        if rel != "head.onnx":
+        if rel != "refine.onnx":
             dims = g.input[0].type.tensor_type.shape.dim
-            assert dims[0].dim_param, f"{rel}: row axis is not dynamic"
+            assert any(x.dim_param for x in dims), f"{rel}: row axis is not dynamic"
 
 
 def test_residual_vq_exports_and_matches(tmp_path, tokenizer):
@@ -72,7 +77,7 @@ def test_external_data_export_loads_and_matches(tmp_path, tokenizer):
     """Graphs over the size limit keep their weights in `<graph>.data` (threshold forced to 0 here)."""
     model = make_tiny_model("llama", "rope", 2, tokenizer.get_vocab_size())
     m = export_model((model, tokenizer), tmp_path / "m", show_progress=False, external_data_bytes=0)
-    assert "layers.0.post.onnx.data" in m.file_sizes
+    assert "layers.0.post.onnx.data" in m.files
     report = verify((model, tokenizer), tmp_path / "m")
     assert report.ok, report.table()
     (tmp_path / "m" / "layers.0.post.onnx.data").write_bytes(b"")

@@ -27,14 +27,14 @@ def _session(model_bytes: bytes, optimize: bool) -> ort.InferenceSession:
 
 @pytest.fixture(scope="session")
 def run_op() -> OpRunner:
-    """`run_op(op_name, inputs: dict, optimize=False, **attrs) -> outputs`, sessions cached per op/attrs."""
+    """`run_op(op_name, inputs: dict, optimize=False) -> outputs`, sessions cached per op."""
     cache: dict[tuple, ort.InferenceSession] = {}
 
-    def run(op_name: str, inputs: dict[str, np.ndarray], optimize: bool = False, **attrs: float) -> list:
+    def run(op_name: str, inputs: dict[str, np.ndarray], optimize: bool = False) -> list:
         assert all(a.shape[0] > 0 for a in inputs.values()), "never run ORT on 0 rows (DESIGN §5)"
-        key = (op_name, optimize, tuple(sorted(attrs.items())))
+        key = (op_name, optimize)
         if key not in cache:
-            cache[key] = _session(make_op_model(op_name, **attrs).SerializeToString(), optimize)
+            cache[key] = _session(make_op_model(op_name).SerializeToString(), optimize)
         return cache[key].run(None, inputs)
 
     return run

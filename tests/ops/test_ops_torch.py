@@ -22,11 +22,6 @@ def test_eager_encode_matches_reference(case: dict[str, np.ndarray]) -> None:
     codes = torch.ops.vqinc.vq_encode(x, codebook)
     assert codes.dtype == torch.int64
     np.testing.assert_array_equal(codes.numpy(), reference.vq_encode(**case))
-    codes2, margin = torch.ops.vqinc.vq_encode_margin(x, codebook)
-    want_codes, want_margin = reference.vq_encode_margin(**case)
-    np.testing.assert_array_equal(codes2.numpy(), want_codes)
-    assert margin.dtype == torch.float32
-    np.testing.assert_allclose(margin.numpy(), want_margin, **F32_TOL)
 
 
 @CI
@@ -48,7 +43,7 @@ def test_eager_ties_go_to_first_index() -> None:
     assert torch.ops.vqinc.vq_encode(x, codebook).flatten().tolist() == [0, 1, 0, 0]
 
 
-@pytest.mark.parametrize("op_name", ["vq_encode", "vq_decode", "vq_encode_margin"])
+@pytest.mark.parametrize("op_name", ["vq_encode", "vq_decode"])
 def test_opcheck(op_name: str) -> None:
     """Fake kernels agree with the eager ones in shape/dtype; schema and registration are sound."""
     x, codebook = torch.randn(5, 3, 4), torch.randn(3, 6, 4)
@@ -60,7 +55,7 @@ def test_opcheck(op_name: str) -> None:
 
 
 class _TinyVQ(torch.nn.Module):
-    """x (n, d) -> proj -> (n, h, dh) -> encode (plain and with margin) -> decode -> out-proj."""
+    """x (n, d) -> proj -> (n, h, dh) -> encode -> decode -> out-proj."""
 
     def __init__(self, d: int = 12, num_heads: int = 3, num_codes: int = 5) -> None:
         super().__init__()
@@ -72,9 +67,8 @@ class _TinyVQ(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         heads = self.proj(x).view(x.shape[0], self.num_heads, -1)  # (n, h, dh)
         codes = torch.ops.vqinc.vq_encode(heads, self.codebook)
-        codes_m, margin = torch.ops.vqinc.vq_encode_margin(heads, self.codebook)
-        y = self.out(torch.ops.vqinc.vq_decode(codes_m, self.codebook).reshape(x.shape))
-        return codes, margin, y
+        y = self.out(torch.ops.vqinc.vq_decode(codes, self.codebook).reshape(x.shape))
+        return codes, y
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +91,11 @@ def test_export_emits_one_node_per_op(exported) -> None:
     _, model = exported
     onnx.checker.check_model(model, full_check=True)
     custom = [node.op_type for node in model.graph.node if node.domain == DOMAIN]
-    assert sorted(custom) == ["VQDecode", "VQEncode", "VQEncodeMargin"]
-    assert sorted(f.name for f in model.functions) == ["VQDecode", "VQEncode", "VQEncodeMargin"]
+    assert sorted(custom) == ["VQDecode", "VQEncode"]
+    assert sorted(f.name for f in model.functions) == ["VQDecode", "VQEncode"]
     assert {(o.domain, o.version) for o in model.opset_import} >= {("", ONNX_OPSET), (DOMAIN, VQINC_OPSET)}
-    # The bodies were not inlined into the graph: no ArgMin outside the functions.
-    assert "ArgMin" not in {node.op_type for node in model.graph.node}
+    # The bodies were not inlined into the graph: no ArgMin (encode) or Gather (decode) outside the functions.
+    assert not {"ArgMin", "Gather"} & {node.op_type for node in model.graph.node}
 
 
 @pytest.mark.parametrize("n", [1, 7])
@@ -112,11 +106,10 @@ def test_export_runs_in_ort_like_torch(exported, n: int) -> None:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     x = torch.randn(n, 12, generator=torch.Generator().manual_seed(n))
-    codes, margin, y = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    codes, y = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
-        want_codes, want_margin, want_y = module(x)
+        want_codes, want_y = module(x)
     np.testing.assert_array_equal(codes, want_codes.numpy())
-    np.testing.assert_allclose(margin, want_margin.numpy(), **F32_TOL)
     np.testing.assert_allclose(y, want_y.numpy(), **F32_TOL)
 
 

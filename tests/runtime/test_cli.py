@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from vqinc.runtime.cli import main
 from vqinc.runtime.model import Model, default_model_dir
-from vqinc.runtime.replay import replay_trace
+from vqinc.runtime.replay import ReplaySummary, replay_trace
 from vqinc.runtime.traces import read_trace_file
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "pep-revisions.jsonl.gz"
@@ -34,7 +35,8 @@ def _git_repo(tmp_path: Path) -> Path:
 def test_info_names_ops_and_sizes(exported, capsys):
     assert main(["info", str(exported["llama-rope"].model_dir)]) == 0
     out = capsys.readouterr().out
-    assert "positions         rope" in out and "vqinc::VQEncodeMargin x2" in out and "vqinc::AttentionPartial" in out
+    assert "positions         rope" in out
+    assert "vqinc::VQEncode x" in out and "vqinc::VQDecode x" in out and "sha256 checked" in out
 
 
 def test_run_classifies_a_file(exported, tmp_path, capsys):
@@ -74,9 +76,10 @@ def test_replay_trace_file_keeps_the_invariant(loaded, tmp_path):
     assert holder["n"] == 6 and len(summary.edits) > 0
 
 
-def test_replay_rejects_ambiguous_source(exported):
-    with pytest.raises(SystemExit):
-        main(["replay", str(exported["llama-none"].model_dir)])
+def test_replay_rejects_ambiguous_source(exported, capsys):
+    assert main(["replay", str(exported["llama-none"].model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err == "vqinc replay: error: give exactly one of --trace TRACE.jsonl[.gz] or --git PATH\n"
 
 
 def test_demo_on_bundled_model(tmp_path, capsys):
@@ -144,3 +147,171 @@ def test_train_without_export_extra_names_the_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
     with pytest.raises(SystemExit, match=r"pip install 'vqinc\[export\]'"):
         main(["train", "--dataset", "rotten_tomatoes"])
+
+
+# -- replay reaches every edit; user errors are one line on stderr and exit code 2 (issue 10, item 8) --------
+def _trace_file(tmp_path: Path, rec: dict, name: str = "t.jsonl") -> Path:
+    p = tmp_path / name
+    p.write_text(json.dumps(rec) + "\n")
+    return p
+
+
+ENDS = {"doc_id": "ends", "base": "hello world",
+        "revisions": [{"id": "1", "date": "x", "edits": [{"at": 0, "delete": 0, "insert": "Oh, "}]},
+                      {"id": "2", "date": "x", "edits": [{"at": 15, "delete": 0, "insert": "! A charming film."}]},
+                      {"id": "3", "date": "x", "edits": [{"at": 0, "delete": 4, "insert": ""},
+                                                         {"at": 29, "delete": 0, "insert": ".."}]}]}
+
+
+def test_replay_reaches_inserts_at_offset_0_and_appends_at_the_end(loaded):
+    """A document that fits the window used to skip both as "outside the window" (and --check still passed)."""
+    from tests_support import assert_same_as_fresh
+
+    from vqinc.runtime.traces import Trace, _parse_trace
+
+    model = loaded["llama-none"]
+    trace: Trace = _parse_trace(ENDS)
+    texts = list(trace.texts())
+    summary, seen = ReplaySummary(), []
+    replay_trace(model, trace, max_tokens=64, summary=summary, check=True,
+                 on_revision=lambda r: seen.append(summary.document.text))
+    assert seen == texts == ["Oh, hello world", "Oh, hello world! A charming film.", "hello world! A charming film..."]
+    assert summary.skipped_edits == 0 and len(summary.edits) == 4
+    assert summary.document.text == texts[-1]
+    assert summary.code_flips == 0 and summary.checked_revisions == 3
+    assert_same_as_fresh(model, summary.document)
+
+
+def test_replay_cli_checks_the_document_against_the_trace_text(exported, tmp_path, capsys):
+    p = _trace_file(tmp_path, ENDS)
+    assert main(["replay", str(exported["llama-none"].model_dir), "--trace", str(p), "--check", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| 4 (0 outside the window) |" in out and "| 3 / 0 /" in out
+
+
+def _one_line_error(capsys, cmd: str, match: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith(f"vqinc {cmd}: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(match, err), err
+    return err
+
+
+def test_replay_edit_outside_the_text_is_an_error_naming_it(exported, loaded, tmp_path, capsys):
+    rec = {"doc_id": "pep-x", "base": "hello world",
+           "revisions": [{"id": "r7", "date": "x", "edits": [{"at": 500, "delete": 0, "insert": "!"}]}]}
+    p = _trace_file(tmp_path, rec)
+    assert main(["replay", str(exported["llama-none"].model_dir), "--trace", str(p)]) == 2
+    _one_line_error(capsys, "replay", r"t\.jsonl:1: document 'pep-x', revision 'r7', edit 0 \(at 500, delete 0\): "
+                                      r"reaches past the end of the text \(11 characters\)")
+    from vqinc.runtime.traces import _parse_trace
+
+    with pytest.raises(ValueError, match=r"document 'pep-x', revision 'r7', edit 0"):  # the Python API too
+        replay_trace(loaded["llama-none"], _parse_trace(rec))
+
+
+def _bad_trace_files(tmp_path: Path) -> dict[str, Path]:
+    good = (json.dumps(ENDS) + "\n").encode() * 50
+    (tmp_path / "truncated.jsonl.gz").write_bytes(gzip.compress(good)[:-20])
+    (tmp_path / "nested.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe\x00garbage\n")
+    return {"a directory": tmp_path, "truncated .gz": tmp_path / "truncated.jsonl.gz",
+            "nested JSON": tmp_path / "nested.jsonl", "not UTF-8": tmp_path / "binary.jsonl",
+            "missing": tmp_path / "missing.jsonl"}
+
+
+@pytest.mark.parametrize("what, match", [
+    ("a directory", r"not a file"), ("truncated .gz", r"cannot be read after line \d+ \(EOFError"),
+    ("nested JSON", r"nested\.jsonl:1: not a trace record \(RecursionError"),
+    ("not UTF-8", r"binary\.jsonl: cannot be read after line 0 \(UnicodeDecodeError"),
+    ("missing", r"No such file or directory"),
+])
+def test_replay_bad_trace_file_is_one_line_exit_2(exported, tmp_path, capsys, what, match):
+    path = _bad_trace_files(tmp_path)[what]
+    assert main(["replay", str(exported["llama-none"].model_dir), "--trace", str(path)]) == 2
+    _one_line_error(capsys, "replay", match)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--max-tokens", "0"], r"--max-tokens must be >= 1, got 0"),
+    (["--max-tokens", "-5"], r"--max-tokens must be >= 1, got -5"),
+    (["--limit", "-1"], r"--limit must be >= 0, got -1"),
+    (["--max-revisions", "-1"], r"--max-revisions must be >= 0, got -1"),
+    (["--threads", "0"], r"--threads must be in 1\.\.256 \(ONNX Runtime's pool size\), got 0"),
+    (["--threads", "-1"], r"--threads must be in 1\.\.256"),
+    (["--threads", "100000"], r"--threads must be in 1\.\.256 .*got 100000"),
+])
+def test_replay_bad_flags_are_one_line_exit_2_before_loading(tmp_path, capsys, monkeypatch, flags, match):
+    import vqinc.runtime.model as model_module
+
+    monkeypatch.setattr(model_module.Model, "load", lambda *a, **k: pytest.fail("loaded a model"))
+    p = _trace_file(tmp_path, ENDS)
+    assert main(["replay", str(tmp_path), "--trace", str(p), *flags]) == 2
+    _one_line_error(capsys, "replay", match)
+
+
+@pytest.mark.parametrize("cmd", [["run", "MODEL", "FILE"], ["demo", "--trace", "FILE"], ["serve", "MODEL"],
+                                 ["replay", "MODEL", "--trace", "FILE"]])
+@pytest.mark.parametrize("threads", ["0", "-1", "100000"])
+def test_every_subcommand_refuses_bad_threads_before_loading(tmp_path, capsys, monkeypatch, cmd, threads):
+    import vqinc.runtime.model as model_module
+
+    monkeypatch.setattr(model_module.Model, "load", lambda *a, **k: pytest.fail("loaded a model"))
+    f = _trace_file(tmp_path, ENDS)
+    argv = [str(f) if x == "FILE" else str(tmp_path) if x == "MODEL" else x for x in cmd]
+    assert main([*argv, "--threads", threads]) == 2
+    _one_line_error(capsys, cmd[0], rf"--threads must be in 1\.\.256 \(ONNX Runtime's pool size\), got {threads}")
+
+
+def test_parser_errors_are_one_line_exit_2(capsys):
+    for argv, cmd, match in (
+            (["run", "m", "f", "--threads", "many"], "run", r"argument --threads: invalid int value"),
+            (["replay", "m", "--max-tokens"], "replay", r"argument --max-tokens: expected one argument"),
+            (["nope"], "", r"argument cmd: invalid choice: 'nope'")):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"vqinc {cmd}".strip() + ": error: ") and re.search(match, err)
+
+
+def test_run_bad_files_are_one_line_exit_2_before_loading(tmp_path, capsys, monkeypatch):
+    import vqinc.runtime.model as model_module
+
+    monkeypatch.setattr(model_module.Model, "load", lambda *a, **k: pytest.fail("loaded a model"))
+    (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 4)
+    for file, match in ((tmp_path / "missing.txt", r"missing\.txt: no such file"),
+                        (tmp_path, r": a directory, not a text file"),
+                        (tmp_path / "binary.bin", r"binary\.bin: not UTF-8 text \(byte 128: invalid start byte\)")):
+        assert main(["run", str(tmp_path), str(file)]) == 2
+        _one_line_error(capsys, "run", match)
+    (tmp_path / "t.txt").write_text("fine")
+    assert main(["run", str(tmp_path), str(tmp_path / "t.txt"), "--max-chars", "-3"]) == 2
+    _one_line_error(capsys, "run", r"--max-chars must be >= 1, got -3")
+
+
+def test_run_and_info_on_bad_model_directories_are_one_line_exit_2(exported, tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("An utterly charming film.")
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(exported["llama-none"].model_dir, broken)
+    (broken / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    for model_dir, match in ((tmp_path / "nope", r"does not exist or is not a directory"),
+                             (tmp_path / "t.txt", r"does not exist or is not a directory"),
+                             (tmp_path, r"manifest\.json: missing"),
+                             (broken, r"manifest\.json: not a valid manifest \(RecursionError")):
+        assert main(["run", str(model_dir), str(tmp_path / "t.txt"), "--threads", "1"]) == 2
+        _one_line_error(capsys, "run", match)
+        assert main(["info", str(model_dir)]) == 2
+        _one_line_error(capsys, "info", match)
+
+
+def test_cli_process_with_huge_threads_exits_2_at_once(exported, tmp_path):
+    """`--threads 100000` used to hang creating ORT's pool; the real process prints one line and exits 2."""
+    import sys
+
+    (tmp_path / "t.txt").write_text("An utterly charming film.")
+    r = subprocess.run([sys.executable, "-m", "vqinc.runtime.cli", "run", str(exported["llama-none"].model_dir),
+                        str(tmp_path / "t.txt"), "--threads", "100000"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "vqinc run: error: --threads must be in 1..256 (ONNX Runtime's pool size), got 100000\n"

@@ -10,8 +10,9 @@ import sys
 
 import numpy as np
 import pytest
+from tests_support import assert_same_as_fresh
 
-from vqinc.runtime.manifest import ModelDirError
+from vqinc.runtime.manifest import ModelDirError, file_sha256
 from vqinc.runtime.model import Model
 
 
@@ -70,20 +71,25 @@ def test_bad_token_edits(loaded):
     _assert_unchanged(doc, snap)
 
 
-def test_engine_failure_mid_edit_restores_document(loaded, monkeypatch):
+@pytest.mark.parametrize("stage", ["attend", "post", "final", "head"])
+def test_engine_failure_mid_edit_restores_document(loaded, monkeypatch, stage):
     model = loaded["llama-none"]
     doc = model.document("The proposal adds a keyword.")
     snap = _snapshot(doc)
-    real = model.sessions.post[1].run
+    real = model.executor.run
 
-    def boom(**feeds):
-        raise RuntimeError("simulated device failure")
+    def boom(name, layer=None, **feeds):
+        if name == stage:
+            raise RuntimeError("simulated device failure")
+        return real(name, layer, **feeds)
 
-    monkeypatch.setattr(model.sessions.post[1], "run", boom)
+    monkeypatch.setattr(model.executor, "run", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         doc.edit(4, 12, "film")
-    monkeypatch.setattr(model.sessions.post[1], "run", real)
+    monkeypatch.setattr(model.executor, "run", real)
     _assert_unchanged(doc, snap)
+    doc.edit(4, 12, "film")  # and the document still edits correctly afterwards
+    assert_same_as_fresh(model, doc)
 
 
 def _copy(exported, tmp_path):
@@ -108,23 +114,32 @@ def test_missing_directory_and_manifest(tmp_path):
 
 def test_missing_graph_file_is_named(exported, tmp_path):
     d = _copy(exported, tmp_path)
-    (d / "layers.1.post.onnx").unlink()
-    with pytest.raises(ModelDirError, match=r"layers\.1\.post\.onnx is missing"):
+    (d / "layers.1.attend.onnx").unlink()
+    with pytest.raises(ModelDirError, match=r"layers\.1\.attend\.onnx is missing"):
         Model.load(d)
 
 
 def test_truncated_graph_file_is_named(exported, tmp_path):
     d = _copy(exported, tmp_path)
-    p = d / "layers.0.qkv.onnx"
+    p = d / "layers.0.post.onnx"
     p.write_bytes(p.read_bytes()[:100])
-    with pytest.raises(ModelDirError, match=r"layers\.0\.qkv\.onnx is 100 bytes"):
+    with pytest.raises(ModelDirError, match=r"layers\.0\.post\.onnx is 100 bytes"):
         Model.load(d)
+
+
+def _record(d, rel):
+    """Make the manifest's size and sha256 of `rel` match the file (a consistent but bad export)."""
+    _edit_manifest(d, lambda m: m["files"].update({rel: {"bytes": (d / rel).stat().st_size,
+                                                         "sha256": file_sha256(d / rel)}}))
 
 
 def test_corrupt_graph_of_right_size_is_named(exported, tmp_path):
     d = _copy(exported, tmp_path)
     p = d / "head.onnx"
     p.write_bytes(b"\xff" * p.stat().st_size)
+    with pytest.raises(ModelDirError, match=r"head\.onnx does not match its sha256"):
+        Model.load(d)
+    _record(d, "head.onnx")
     with pytest.raises(ModelDirError, match=r"head\.onnx cannot be loaded"):
         Model.load(d)
 
@@ -160,7 +175,7 @@ def test_edited_config_breaks_fingerprint(exported, tmp_path):
 def test_graph_with_wrong_io_is_named(exported, tmp_path):
     d = _copy(exported, tmp_path)
     shutil.copy(d / "final.onnx", d / "head.onnx")  # right file, wrong graph
-    _edit_manifest(d, lambda m: m["file_sizes"].update({"head.onnx": (d / "head.onnx").stat().st_size}))
+    _record(d, "head.onnx")
     with pytest.raises(ModelDirError, match=r"head\.onnx has inputs"):
         Model.load(d)
 

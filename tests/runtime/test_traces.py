@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -61,6 +62,63 @@ def test_bad_trace_files(tmp_path: Path) -> None:
         next(read_trace_file(bad, limit=-1))
     with pytest.raises(FileNotFoundError):
         next(read_trace_file(tmp_path / "missing.jsonl"))
+
+
+def _record(edits, base="hello world", doc_id="d") -> str:
+    return json.dumps({"doc_id": doc_id, "base": base, "revisions": [{"id": "r1", "date": "2024", "edits": []},
+                                                                    {"id": "r2", "date": "2024", "edits": edits}]})
+
+
+def test_edits_outside_the_text_are_refused_naming_document_revision_and_edit(tmp_path: Path) -> None:
+    """`at` 500 on an 11-character base used to be clamped by slicing and replayed silently."""
+    p = tmp_path / "t.jsonl"
+    p.write_text(_record([{"at": 0, "delete": 0, "insert": "x"}, {"at": 500, "delete": 0, "insert": "!"}]) + "\n")
+    with pytest.raises(ValueError, match=r"t\.jsonl:1: document 'd', revision 'r2', edit 1 \(at 500, delete 0\): "
+                                         r"reaches past the end of the text \(12 characters\)"):
+        list(read_trace_file(p))
+    trace = Trace("d", "hello world", [Revision("r1", "", [Edit(6, 6, "")])])  # deletes one character too many
+    with pytest.raises(ValueError, match=r"document 'd', revision 'r1', edit 0 \(at 6, delete 6\)"):
+        trace.check()
+    Trace("d", "hello world", [Revision("r1", "", [Edit(11, 0, "!"), Edit(0, 12, "")])]).check()  # in bounds
+
+
+@pytest.mark.parametrize("value, match", [
+    ("1.7", r"Edit\.at must be an int >= 0, got 1\.7"),
+    ("true", r"Edit\.at must be an int >= 0, got True"),
+    ('"3"', r"Edit\.at must be an int >= 0, got '3'"),
+    ("1e400", r"Edit\.at must be an int >= 0, got inf"),
+])
+def test_edit_offsets_must_be_json_integers(tmp_path: Path, value: str, match: str) -> None:
+    p = tmp_path / "t.jsonl"
+    p.write_text(_record([]).replace('"edits": []', '"edits": [{"at": ' + value + ', "delete": 0, "insert": ""}]'))
+    with pytest.raises(ValueError, match=match):
+        list(read_trace_file(p))
+
+
+def test_unreadable_trace_files_are_value_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"not a file \(a trace is a \.jsonl or \.jsonl\.gz file\)"):
+        list(read_trace_file(tmp_path))
+    good = (_record([{"at": 0, "delete": 0, "insert": "x"}]) + "\n").encode() * 200
+    gz = tmp_path / "t.jsonl.gz"
+    gz.write_bytes(gzip.compress(good)[:-20])  # truncated: the last block and the trailer are missing
+    with pytest.raises(ValueError, match=r"t\.jsonl\.gz: cannot be read after line \d+ \(EOFError"):
+        list(read_trace_file(gz))
+    data = bytearray(gzip.compress(good))
+    data[20:60] = bytes(40)  # corrupt deflate data
+    gz.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"t\.jsonl\.gz: cannot be read after line \d+"):
+        list(read_trace_file(gz))
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(_record([], base="caf\u00e9").replace("\\u00e9", "\u00e9").encode("latin-1") + b"\n")
+    with pytest.raises(ValueError, match=r"latin\.jsonl: cannot be read after line 0 \(UnicodeDecodeError"):
+        list(read_trace_file(latin))
+    nested = tmp_path / "nested.jsonl"
+    nested.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=r"nested\.jsonl:1: not a trace record \(RecursionError"):
+        list(read_trace_file(nested))
+    nested.write_text(_record([]).replace('"edits": []', '"edits": ' + "[" * 500 + "]" * 500) + "\n")
+    with pytest.raises(ValueError, match=r"nested\.jsonl:1: not a trace record \(TypeError"):
+        list(read_trace_file(nested))
 
 
 def test_edit_and_apply_validate() -> None:

@@ -1,0 +1,123 @@
+"""The ways to get a document's logits back after an edit, each behind the same small interface.
+
+Each contender gets the token ids of the edited text (BOS excluded) and returns logits; vqinc itself
+gets the character edit (`Document.edit`), since incremental re-tokenisation is part of what it does.
+
+  ort_full         full.onnx over the whole window (monolithic graph, as exported: plain attention)
+  prefix_kv        decoder.onnx, the standard past-KV decoder: cut the cache at the first changed
+                   token, run the suffix (runtime/decoder.py; fused ORT attention where it applies)
+  torch_full       PyTorch eager forward of the same VQ model over the whole window
+  torch_prefix_kv  PyTorch eager `forward_cached`: the model's own forward fed the cached K/V of the
+                   unchanged prefix (Hugging Face's past_key_values pattern)
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from vqinc.runtime.decoder import KVDecoder
+from vqinc.runtime.model import Model
+
+
+def first_change(old: np.ndarray, new: np.ndarray) -> int:
+    lim = min(len(old), len(new))
+    neq = np.flatnonzero(old[:lim] != new[:lim])
+    return int(neq[0]) if len(neq) else lim
+
+
+class OrtFull:
+    name = "ort_full"
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    def run(self, ids: np.ndarray) -> np.ndarray:
+        full = np.concatenate([np.asarray([self.model.bos_token_id], np.int64), ids])
+        logits, _ = self.model.run_full(full)
+        return logits[0]
+
+
+class PrefixKV:
+    """Wraps a KVDocument; `start` of the last run tells how long the reused prefix was."""
+
+    name = "prefix_kv"
+
+    def __init__(self, decoder: KVDecoder, ids: np.ndarray):
+        self.doc = decoder.document(ids)
+        self.start = 0
+
+    def run(self, ids: np.ndarray) -> np.ndarray:
+        self.start = self.doc.set_ids(ids).start
+        return self.doc.logits
+
+
+class TorchFull:
+    name = "torch_full"
+
+    def __init__(self, torch_model, bos: int):
+        self.m, self.bos = torch_model, bos
+
+    def run(self, ids: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            x = torch.from_numpy(np.concatenate([np.asarray([self.bos], np.int64), ids]))[None]
+            return self.m(x).logits[0].numpy()
+
+
+class TorchPrefixKV:
+    """`forward_cached` with a cache kept across edits; `sync` brings it to given ids untimed (used when the
+    torch contenders are timed on a subsample of the edits)."""
+
+    name = "torch_prefix_kv"
+
+    def __init__(self, torch_model, bos: int, ids: np.ndarray):
+        self.m, self.bos = torch_model, bos
+        self.ids = np.zeros(0, np.int64)
+        self.cache = None
+        self.run(ids)
+
+    def run(self, ids: np.ndarray) -> np.ndarray:
+        import torch
+
+        new = np.concatenate([np.asarray([self.bos], np.int64), ids])
+        p = first_change(self.ids, new)
+        if p == len(new) == len(self.ids):
+            return self.logits
+        start = min(p, len(new) - 1)
+        with torch.no_grad():
+            cache = self.cache.truncate(start) if self.cache is not None and start else None
+            logits, self.cache = self.m.forward_cached(torch.from_numpy(new[start:]), cache)
+        self.ids, self.logits = new, logits[0].numpy()
+        return self.logits
+
+    sync = run
+
+
+def decoder_for(model: Model, attention: str | None = None, log=print) -> tuple[KVDecoder, str]:
+    """The model's KVDecoder. When its directory has no decoder.onnx, or one of another attention kind than
+    `attention` (None: whatever is there, else the exporter's default), export one (needs torch) into a copy
+    of the directory under the temp dir, keyed by fingerprint and kind, and load it from there."""
+    have = model.manifest.info.get("decoder", {}).get("attention") if model.manifest.decoder_graph else None
+    if have is not None and attention in (None, have):
+        return KVDecoder(model), str(model.root)
+    cache = Path(tempfile.gettempdir()) / f"vqinc-decoder-{model.manifest.fingerprint}-{attention or 'auto'}"
+    try:
+        other = Model.load(cache, providers=model.executor.providers)
+        if other.manifest.decoder_graph is None or other.manifest.fingerprint != model.manifest.fingerprint:
+            raise ValueError("stale")
+    except ValueError:
+        from vqinc.export.decoder import add_decoder
+        from vqinc.export.from_dir import model_from_dir
+
+        log(f"{model.root} has no decoder.onnx{f' with {attention} attention' if attention else ''}: exporting one "
+            f"into {cache} (to keep one in the model directory: vqinc export {model.root} {model.root} --decoder)")
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.copytree(model.root, cache, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
+        add_decoder(model_from_dir(cache)[0], cache, attention)
+        other = Model.load(cache, providers=model.executor.providers)
+    return KVDecoder(other), str(cache)

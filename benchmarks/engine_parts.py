@@ -1,0 +1,136 @@
+"""The engine's parts, measured one by one on real PEP documents (the numbers behind the README's
+"Engine" section):
+
+  attend       the float32 attention rows graph against the float64 `refine` graph, by row count
+  lazy         one lazy update: fixed cost per query row and cost per (query, changed key)
+  rebuild      building a document from scratch (the dense path) against full.onnx on the same ids
+  cold         the first 10 keystrokes of a fresh process against keystrokes 50..110
+  memory       a document's state against a float32 KV cache of the same document
+
+Usage: python benchmarks/engine_parts.py [--n 1024] [--out DIR]   (quiet machine; ~1 minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from edits import DEFAULT_TRACE, workload  # noqa: E402
+
+from vqinc.runtime.attention import KeyDelta, lazy_update  # noqa: E402
+from vqinc.runtime.model import Model, default_model_dir  # noqa: E402
+
+
+def _median_us(f, reps: int = 50) -> float:
+    for _ in range(5):
+        f()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts) * 1e6)
+
+
+def attend_vs_refine(model: Model, doc) -> list[dict]:
+    st, layer = doc.state, doc.state.layers[1]
+    out = []
+    for r in (1, 8, 64, 512):
+        rows = st.order[-r:]
+        feeds = dict(q=layer.q[:, rows], k=layer.k, v=layer.v, qpos=st.pos[rows], kpos=st.pos)
+        out.append({"rows": r, "keys": int(layer.k.shape[1]),
+                    "attend_us": _median_us(lambda f=feeds: model.executor.run("attend", 1, **f), 20),
+                    "refine_us": _median_us(lambda f=feeds: model.executor.run("refine", **f), 20)})
+    return out
+
+
+def lazy_costs(model: Model, doc) -> list[dict]:
+    st, layer, li = doc.state, doc.state.layers[2], 2
+    rows = st.order[len(st.order) // 4:]
+    saved = {f: getattr(layer, f).copy() for f in ("den", "den_err", "margin", "radius")}
+    none = (layer.k[:, :0], layer.v[:, :0], np.zeros(0, np.int64))
+    out = []
+    for x in (2, 20, 100):
+        mod = st.order[10:10 + x // 2]
+        keys = KeyDelta.build(none, none, (layer.k[:, mod], layer.v[:, mod], st.pos[mod]),
+                              (layer.k[:, mod] * 1.001, layer.v[:, mod] * 1.001, st.pos[mod]))
+
+        def run(keys=keys):
+            for f, a in saved.items():
+                getattr(layer, f)[:] = a
+            lazy_update(layer, rows, st.pos[rows], keys, model.engine.codebooks[li], model.spec)
+
+        out.append({"rows": len(rows), "changed_keys": x, "us": _median_us(run, 20)})
+    return out
+
+
+def rebuild(model: Model, texts: list[str]) -> dict:
+    tb, tf = [], []
+    for _ in range(3):
+        for t in texts:
+            t0 = time.perf_counter()
+            d = model.document(t)
+            tb.append(time.perf_counter() - t0)
+            ids = np.asarray([model.bos_token_id, *d.token_ids])
+            t0 = time.perf_counter()
+            model.run_full(ids)
+            tf.append(time.perf_counter() - t0)
+    return {"tokens": int(d.state.n), "rebuild_ms": float(np.median(tb) * 1e3),
+            "ort_full_ms": float(np.median(tf) * 1e3), "near_tie_heads": int(d.stats.near_ties),
+            "canonical_rows": int(d.stats.canonical_rows)}
+
+
+def memory(model: Model, texts: list[str]) -> dict:
+    s = model.spec
+    ratios = []
+    for t in texts:
+        d = model.document(t)
+        kv = d.state.n * s.num_layers * 2 * s.num_kv_heads * s.head_dim * 4
+        ratios.append(d.nbytes() / kv)
+    return {"state_over_kv_cache": [round(r, 3) for r in ratios]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", default=str(default_model_dir()))
+    p.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
+    p.add_argument("--n", type=int, default=1024)
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    model = Model.load(a.model_dir)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    docs = workload(model, a.trace, a.n, 3, 120, True)
+    texts = [t for _, t, _ in docs]
+    _, text, edits = docs[-1]
+    keystrokes = [e for e in edits if e[1] - e[0] <= 1 and len(e[2]) <= 1][:110]
+    doc = model.document(text)  # the first document and keystrokes of this process: the cold start
+    ts = []
+    for e in keystrokes:
+        t = time.perf_counter()
+        doc.edit(*e)
+        ts.append((time.perf_counter() - t) * 1e3)
+    res = {"meta": {"argv": sys.argv, "fingerprint": model.manifest.fingerprint, "loadavg_before": load,
+                    "providers": model.providers, "cpu_count": os.cpu_count(), "model_load_ms": load_ms},
+           "cold": {"first_10_median_ms": float(np.median(ts[:10])), "first_10_max_ms": float(max(ts[:10])),
+                    "steady_median_ms": float(np.median(ts[50:]))},
+           "attend": attend_vs_refine(model, doc), "lazy": lazy_costs(model, doc),
+           "rebuild": rebuild(model, texts), "memory": memory(model, texts)}
+    res["meta"]["loadavg_after"] = os.getloadavg()
+    print(json.dumps(res, indent=1))
+    if a.out:
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "engine_parts.json").write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,411 @@
+"""`DocumentManager`: the open documents of one `vqinc serve` process, shared by its front-ends.
+
+Front-ends (LSP, WebSocket) call `open` / `edit` / `close` from their own threads; each call checks
+the request at once (limits, spans, unknown documents raise `ServeError` before anything changes) and
+returns a `concurrent.futures.Future` of a `Result`. One worker thread owns the model and every
+`Document`: it takes the oldest pending job of each document as a batch, so edits of one document run
+strictly in order, and edits of several documents that arrive together go through the engine's
+many-documents path (`model.edit_many`) when the model has one, else one `doc.edit` each.
+
+The client's text is the truth (an editor never takes an edit back). When the model refuses an edit
+(the document would exceed its window of tokens) the manager keeps the client's text beside the stale
+document and answers with an error; the first later edit that fits re-synchronises with
+`doc.set_text`. This module imports no server library: it is testable with the model alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections import deque
+from collections.abc import Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one server accepts."""
+
+    max_documents: int = 128
+    """Open documents across all connections (each costs its incremental state: ~28 MB at 1,024 tokens
+    on the bundled model)."""
+    max_chars: int = 200_000
+    """Characters per document (beyond that the model's window refuses it anyway)."""
+    history: int = 1_000
+    """Edits per document kept for the stats request."""
+
+
+class ServeError(Exception):
+    """A request the server refuses; `code` is the protocol's machine-readable reason."""
+
+    code = "bad_request"
+
+
+class LimitError(ServeError):
+    code = "limit"
+
+
+class NotOpenError(ServeError):
+    code = "not_open"
+
+
+@dataclass
+class Result:
+    """The state of one document after a job, in the units the protocols report."""
+
+    key: Hashable
+    tag: object
+    """Echoed from the request (an LSP version, a WebSocket sequence number)."""
+    label: str | None = None
+    probs: list[float] | None = None
+    logits: list[float] | None = None
+    num_tokens: int = 0
+    num_chars: int = 0
+    ms: float = 0.0
+    """Wall-clock of the model call (`doc.edit` or the batch's `edit_many`), tokenisation included."""
+    engine_ms: float = 0.0
+    server_ms: float = 0.0
+    """From the request's arrival at the manager to the result (queueing included)."""
+    macs: int = 0
+    full_macs: int = 0
+    batch: int = 1
+    """Documents in the model call that computed this result."""
+    error: str | None = None
+    code: str | None = None
+    closed: bool = False
+
+    @property
+    def savings(self) -> float:
+        return self.full_macs / max(self.macs, 1)
+
+    def to_json(self, labels: tuple[str, ...]) -> dict:
+        out = {"label": self.label, "probs": dict(zip(labels, self.probs, strict=True)) if self.probs else None,
+               "logits": self.logits, "tokens": self.num_tokens, "chars": self.num_chars,
+               "ms": round(self.ms, 3), "engine_ms": round(self.engine_ms, 3),
+               "server_ms": round(self.server_ms, 3), "macs": self.macs, "full_macs": self.full_macs,
+               "savings": round(self.savings, 2), "batch": self.batch}
+        if self.error:
+            out.update(error=self.error, code=self.code)
+        return out
+
+
+@dataclass(eq=False)
+class _Doc:
+    key: Hashable
+    length: int
+    """Characters in the client's text after every accepted request (kept at submit time)."""
+    doc: object = None
+    client_text: str | None = None
+    """The client's text while `doc` lags behind it (None when `doc` holds exactly the client's text)."""
+    history: deque = field(default_factory=deque)
+    last_stats: object = None
+
+
+@dataclass(eq=False)
+class _Job:
+    kind: str  # "open" | "edit" | "close"
+    rec: _Doc
+    start: int = 0
+    end: int = 0
+    text: str = ""
+    tag: object = None
+    future: Future = field(default_factory=Future)
+    t_submit: float = field(default_factory=time.perf_counter)
+
+
+def call_in_loop(loop, fn, *args) -> None:
+    """Run `fn(*args)` on `loop`'s thread: at once if that is this thread, else through its queue."""
+    try:
+        here = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        here = False
+    if here:
+        fn(*args)
+    else:
+        loop.call_soon_threadsafe(fn, *args)
+
+
+class Drainer:
+    """For a manager without a worker thread: runs its pending jobs once per event-loop turn, after
+    every message already read has been submitted (so documents edited together run as one batch)."""
+
+    def __init__(self, manager: DocumentManager):
+        self.manager, self._scheduled = manager, False
+
+    def kick(self, loop) -> None:
+        if not self.manager.threaded and not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        self.manager.run_pending()
+
+
+def _name(key: Hashable) -> object:
+    """How errors name a document: front-ends key them as (front-end, ..., client's name)."""
+    return key[-1] if isinstance(key, tuple) and key else key
+
+
+class DocumentManager:
+    """Thread-safe registry of open documents over one `Model`; see the module docstring."""
+
+    def __init__(self, model, limits: ServeLimits = ServeLimits(), threaded: bool = True):
+        """`threaded`: a worker thread runs the jobs (any number of front-ends, on any threads). Without
+        it the owner calls `run_pending()` (one front-end on one event loop: no thread hand-offs, which
+        cost a scheduler wake-up each way on a busy machine)."""
+        self.model, self.limits, self.threaded = model, limits, threaded
+        self.labels = tuple(model.labels)
+        self._docs: dict[Hashable, _Doc] = {}
+        self._queue: deque[_Job] = deque()
+        self._cv = threading.Condition()
+        self._model_lock = threading.RLock()  # re-entrant: a result callback may run pending jobs itself
+        self._stopping = False
+        self.batches: deque[int] = deque(maxlen=10_000)
+        """Sizes of recent model calls (for tests and stats: >1 means the many-documents path ran)."""
+        self._worker = None
+        if threaded:
+            self._worker = threading.Thread(target=self._run, name="vqinc-serve-worker", daemon=True)
+            self._worker.start()
+
+    # -- requests (any thread) -------------------------------------------------------------------
+    def open(self, key: Hashable, text: str, tag: object = None) -> Future:
+        """Open `key` holding `text` (an open key is replaced, as an editor re-opening a buffer)."""
+        if not isinstance(text, str):
+            raise ServeError(f"text must be a string, got {type(text).__name__}")
+        if len(text) > self.limits.max_chars:
+            raise LimitError(f"document of {len(text)} characters is over this server's limit of "
+                             f"{self.limits.max_chars} (--max-chars)")
+        with self._cv:
+            self._check_running()
+            old = self._docs.pop(key, None)
+            if old is None and len(self._docs) >= self.limits.max_documents:
+                raise LimitError(f"{len(self._docs)} documents are open, the limit of this server "
+                                 f"(--max-documents {self.limits.max_documents}); close one first")
+            if old is not None:
+                self._queue.append(_Job("close", old))
+            rec = _Doc(key, len(text), history=deque(maxlen=self.limits.history))
+            self._docs[key] = rec
+            return self._enqueue(_Job("open", rec, text=text, tag=tag))
+
+    def edit(self, key: Hashable, start: int, end: int, text: str, tag: object = None) -> Future:
+        """Replace characters [start, end) (code points) of `key` by `text`."""
+        for name, v in (("start", start), ("end", end)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ServeError(f"{name} must be an integer, got {type(v).__name__}")
+        if not isinstance(text, str):
+            raise ServeError(f"text must be a string, got {type(text).__name__}")
+        with self._cv:
+            self._check_running()
+            rec = self._get(key)
+            if not 0 <= start <= end <= rec.length:
+                raise ServeError(f"edit span [{start}, {end}) is invalid: need 0 <= start <= end <= "
+                                 f"{rec.length} (the document's length in code points)")
+            new_len = rec.length - (end - start) + len(text)
+            if new_len > self.limits.max_chars:
+                raise LimitError(f"the edit would make the document {new_len} characters, over this server's "
+                                 f"limit of {self.limits.max_chars} (--max-chars)")
+            rec.length = new_len
+            return self._enqueue(_Job("edit", rec, start, end, text, tag))
+
+    def close(self, key: Hashable) -> Future:
+        with self._cv:
+            rec = self._get(key)
+            del self._docs[key]
+            return self._enqueue(_Job("close", rec))
+
+    def close_all(self, keys=None) -> list[Future]:
+        """Close every open key (or those of `keys` that are open): a connection going away."""
+        with self._cv:
+            wanted = list(self._docs) if keys is None else [k for k in keys if k in self._docs]
+            return [self.close(k) for k in wanted]
+
+    def is_open(self, key: Hashable) -> bool:
+        with self._cv:
+            return key in self._docs
+
+    @property
+    def num_open(self) -> int:
+        with self._cv:
+            return len(self._docs)
+
+    def stats(self, key: Hashable) -> dict:
+        """Per-edit costs of `key`: the last edit in full, and a summary of the recent ones."""
+        with self._cv:
+            rec = self._get(key)
+            hist, last = list(rec.history), rec.last_stats
+        ms = np.array([h[0] for h in hist]) if hist else np.zeros(0)
+        sav = np.array([h[1] for h in hist]) if hist else np.zeros(0)
+        summary = {"edits": len(hist)}
+        if len(hist):
+            summary.update(ms_median=round(float(np.median(ms)), 3), ms_p90=round(float(np.percentile(ms, 90)), 3),
+                           savings_median=round(float(np.median(sav)), 2))
+        last_d = None
+        if last is not None:
+            last_d = dataclasses.asdict(last)
+            last_d["savings"] = round(last.savings, 2)
+        return {"last": last_d, "summary": summary,
+                "recent": [{"ms": round(m, 3), "savings": round(s, 2)} for m, s in hist[-100:]]}
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Close everything and stop the worker (pending jobs finish first)."""
+        self.close_all()
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._worker is not None:
+            self._worker.join(timeout)
+        else:
+            self.run_pending()
+
+    def run_pending(self) -> int:
+        """Run queued jobs in the calling thread until none is left (for `threaded=False`); returns how
+        many ran."""
+        done = 0
+        while batch := self._take_batch(block=False):
+            done += len(batch)
+        return done
+
+    def _get(self, key: Hashable) -> _Doc:
+        rec = self._docs.get(key)
+        if rec is None:
+            raise NotOpenError(f"document {_name(key)!r} is not open")
+        return rec
+
+    def _check_running(self) -> None:
+        if self._stopping:
+            raise ServeError("the server is shutting down")
+
+    def _enqueue(self, job: _Job) -> Future:
+        self._queue.append(job)
+        self._cv.notify()
+        return job.future
+
+    # -- the worker ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while self._take_batch(block=True):
+            pass
+
+    def _take_batch(self, block: bool) -> list[_Job]:
+        """Take the oldest pending job of each document and run them; [] when there is nothing (and,
+        blocking, the manager is stopping). Taking and running happen under one lock, so two threads
+        running jobs can never reorder the edits of a document."""
+        with self._model_lock:
+            with self._cv:
+                while block and not self._queue and not self._stopping:
+                    self._cv.wait()
+                batch, rest, seen = [], deque(), set()
+                for job in self._queue:  # the oldest job of each document; the rest wait their turn
+                    if id(job.rec) in seen:
+                        rest.append(job)
+                    else:
+                        seen.add(id(job.rec))
+                        batch.append(job)
+                self._queue = rest
+            try:
+                self._run_batch(batch)
+            except BaseException as e:  # never leave a caller waiting
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+        return batch
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        fast = [j for j in batch if j.kind == "edit" and j.rec.doc is not None and j.rec.client_text is None]
+        fast_ids = {id(j) for j in fast}
+        for job in batch:
+            if id(job) not in fast_ids:
+                self._run_one(job)
+        if len(fast) > 1 and hasattr(self.model, "edit_many"):
+            self._edit_many(fast)
+        else:
+            for job in fast:
+                self._edit_one(job)
+
+    def _run_one(self, job: _Job) -> None:
+        rec = job.rec
+        if job.kind == "close":
+            rec.doc = rec.client_text = None
+            job.future.set_result(Result(rec.key, job.tag, closed=True))
+        elif job.kind == "open":
+            self._resync(job, job.text)
+        else:  # an edit of a document that lags behind its client: apply to the client's text, resync
+            base = rec.client_text if rec.client_text is not None else rec.doc.text
+            self._resync(job, base[: job.start] + job.text + base[job.end:])
+
+    def _resync(self, job: _Job, text: str) -> None:
+        """Make the document hold `text`: build it, or diff against what it holds."""
+        rec = job.rec
+        t0 = time.perf_counter()
+        try:
+            if rec.doc is None:
+                rec.doc = self.model.document(text)
+                stats = rec.doc.stats
+            else:
+                stats = rec.doc.set_text(text)
+        except (ValueError, TypeError) as e:
+            rec.client_text = text
+            self._finish(job, None, 0.0, error=str(e), code="too_long")
+            return
+        except Exception as e:
+            rec.client_text = text
+            self._finish(job, None, 0.0, error=f"model failure: {e}", code="internal")
+            return
+        rec.client_text = None
+        self._finish(job, stats, (time.perf_counter() - t0) * 1e3)
+
+    def _edit_one(self, job: _Job) -> None:
+        doc = job.rec.doc
+        before = doc.text
+        self.batches.append(1)
+        t0 = time.perf_counter()
+        try:
+            stats = doc.edit(job.start, job.end, job.text)
+        except Exception as e:  # the document is unchanged (Document's guarantee); keep the client's text
+            job.rec.client_text = before[: job.start] + job.text + before[job.end:]
+            code = "too_long" if isinstance(e, ValueError) else "internal"
+            self._finish(job, None, 0.0, error=str(e) if code == "too_long" else f"model failure: {e}", code=code)
+            return
+        self._finish(job, stats, (time.perf_counter() - t0) * 1e3)
+
+    def _edit_many(self, jobs: list[_Job]) -> None:
+        befores = [j.rec.doc.text for j in jobs]
+        self.batches.append(len(jobs))
+        t0 = time.perf_counter()
+        try:
+            all_stats = self.model.edit_many([(j.rec.doc, j.start, j.end, j.text) for j in jobs])
+        except Exception:
+            # Some edit was refused: find out which documents changed, redo the others one by one so
+            # each gets its own answer.
+            ms = (time.perf_counter() - t0) * 1e3
+            for j, before in zip(jobs, befores, strict=True):
+                after = before[: j.start] + j.text + before[j.end:]
+                if j.rec.doc.text == after and j.rec.doc.text != before:
+                    self._finish(j, j.rec.doc.stats, ms, batch=len(jobs))
+                else:
+                    self._edit_one(j)
+            return
+        ms = (time.perf_counter() - t0) * 1e3
+        for j, stats in zip(jobs, all_stats, strict=True):
+            self._finish(j, stats, ms, batch=len(jobs))
+
+    def _finish(self, job: _Job, stats, ms: float, batch: int = 1, error: str | None = None,
+                code: str | None = None) -> None:
+        rec = job.rec
+        chars = len(rec.client_text) if rec.client_text is not None else len(rec.doc.text)
+        res = Result(rec.key, job.tag, num_chars=chars, ms=ms, batch=batch, error=error, code=code)
+        if stats is not None:
+            doc = rec.doc
+            logits = doc.logits
+            res.label, res.probs, res.logits = doc.label, doc.probs.tolist(), logits.astype(float).tolist()
+            res.num_tokens, res.engine_ms = stats.num_tokens, stats.wall_ms  # BOS not counted
+            res.macs, res.full_macs = stats.macs, stats.full_macs
+            rec.last_stats = stats
+            rec.history.append((ms, stats.full_macs / max(stats.macs, 1)))
+        res.server_ms = (time.perf_counter() - job.t_submit) * 1e3
+        job.future.set_result(res)
