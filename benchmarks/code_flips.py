@@ -99,11 +99,24 @@ def _stat(v) -> dict[str, float]:
             "mean": float(np.mean(v))}
 
 
+def code_entropy(codes: np.ndarray, num_codes: int) -> np.ndarray:
+    """(L,) mean over heads of the entropy (bits) of the code distribution over positions: how much a layer's
+    attention still says. A layer whose every position uses one code (0 bits) never flips, and never informs."""
+    out = np.zeros(codes.shape[0])
+    for li in range(codes.shape[0]):
+        for h in range(codes.shape[2]):
+            p = np.bincount(codes[li, :, h], minlength=num_codes) / codes.shape[1]
+            p = p[p > 0]
+            out[li] += -(p * np.log2(p)).sum() / codes.shape[2]
+    return out
+
+
 def trace_flips(model: Model, a) -> dict:
     keep = split_of(None, a.split)
-    rows = []
+    rows, entropies = [], []
     for doc_id, text, edits in workload(model, a.trace, a.max_tokens, a.docs, a.edits, keep):
         doc = model.document(text)
+        entropies.append(code_entropy(doc.codes, int(doc.codes.max()) + 1))
         for k, (s, e, piece) in enumerate(edits):
             ids0, codes0 = doc.token_ids.copy(), doc.codes
             st = doc.edit(s, e, piece)
@@ -126,6 +139,7 @@ def trace_flips(model: Model, a) -> dict:
         "docs": sorted({r["doc"] for r in rows}), "edits": len(rows),
         "flip_rate_after_edit_per_layer": [round(float(x), 4) for x in rate],
         "mean_positions_flipped_per_layer": [round(float(x), 2) for x in np.mean([r["flipped"] for r in rows], 0)],
+        "code_entropy_bits_per_layer": [round(float(x), 3) for x in np.mean(entropies, axis=0)],
         "mean_post_rows_per_layer": [round(float(x), 2) for x in np.mean([r["post_rows"] for r in rows], 0)],
         "changed_tokens": _stat([r["removed"] + r["inserted"] for r in rows]),
         "macs_saving": _stat([r["savings"] for r in rows]),

@@ -28,20 +28,23 @@ def row(result_path: Path) -> dict:
         "workload": f"{r['split']} split, {len(r['docs'])} docs, {r['edits']} edits, n={r['max_tokens']}",
         "flip_rate_after_edit_per_layer": r["flip_rate_after_edit_per_layer"],
         "mean_positions_flipped_per_layer": r["mean_positions_flipped_per_layer"],
+        "code_entropy_bits_per_layer": r.get("code_entropy_bits_per_layer"),
         "macs_saving": r["macs_saving"], "macs_saving_total": r["macs_saving_total"],
     }
 
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| model | stability weight | accuracy (teacher) | macro-F1 (teacher) | workload | code flips after "
-             "the edit, per layer | MACs saved median / p10 |", "|---|---|---|---|---|---|---|"]
+             "the edit, per layer | code entropy, bits per layer | MACs saved median / p10 |",
+             "|---|---|---|---|---|---|---|---|"]
     for x in rows:
         s, t = x["student"] or {}, x["teacher"] or {}
         flips = " / ".join(f"{100 * f:.1f}%" for f in x["flip_rate_after_edit_per_layer"])
+        ent = " / ".join(f"{e:.1f}" for e in x["code_entropy_bits_per_layer"] or [])
         lines.append(f"| {Path(x['model_dir']).parent.name or x['model_dir']} | {x['stability_weight']:g} | "
                      f"{s.get('accuracy', float('nan')):.4f} ({t.get('accuracy', float('nan')):.4f}) | "
                      f"{s.get('macro_f1', float('nan')):.4f} ({t.get('macro_f1', float('nan')):.4f}) | "
-                     f"{x['workload']} | {flips} | "
+                     f"{x['workload']} | {flips} | {ent or '-'} | "
                      f"{x['macs_saving']['median']:.1f}x / {x['macs_saving']['p10']:.1f}x |")
     return "\n".join(lines)
 
