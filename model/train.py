@@ -361,12 +361,13 @@ def _pretrain(model: VQTransformer, tok: Tokenizer, cfg: TrainConfig, out: Path,
     """Causal-LM pretraining (next-token loss, output tied to the token embedding) on `pretrain_corpus`."""
     bos = model.cfg.arch.bos_token_id
     width = cfg.max_len - 1
+    shortest = min(32, width)  # a text's short tail chunk teaches little
     chunks = []
     for enc in tok.encode_batch(pretrain_texts(cfg.pretrain_corpus), add_special_tokens=False):
         ids = enc.ids
-        chunks += [ids[s:s + width] for s in range(0, len(ids), width) if len(ids[s:s + width]) >= 32]
+        chunks += [ids[s:s + width] for s in range(0, len(ids), width) if len(ids[s:s + width]) >= shortest]
     if not chunks:
-        raise ValueError(f"pretrain corpus {cfg.pretrain_corpus!r} gave no chunk of >= 32 tokens")
+        raise ValueError(f"pretrain corpus {cfg.pretrain_corpus!r} gave no chunk of >= {shortest} tokens")
     steps_per_epoch = math.ceil(len(chunks) / cfg.batch_size)
 
     def batches(epoch: int):

@@ -258,3 +258,22 @@ def test_train_cli_reports_an_unavailable_device(capsys):
         pytest.skip("a CUDA device is visible")
     assert main(["train", "--device", "cuda", "--dataset", "rotten_tomatoes"]) == 2
     assert "sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_train_cli_runs_on_cpu_with_every_new_flag(tmp_path, capsys):
+    """`vqinc train --device cpu` end to end through the CLI parser, with the stability and pretraining flags."""
+    from vqinc.runtime.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the proposal adds a keyword to the grammar and existing code keeps working. " * 50)
+    args = ["train", "--dataset", str(_toy_dataset(tmp_path)), "--out", str(tmp_path / "cli"), "--device", "cpu",
+            "--d-model", "16", "--num-heads", "2", "--num-layers", "1", "--vocab-size", "300", "--num-codes", "8",
+            "--max-len", "24", "--batch-size", "16", "--teacher-epochs", "1", "--student-epochs", "1",
+            "--kmeans-batches", "1", "--threads", "1", "--stability-weight", "0.5", "--edit-max-tokens", "3",
+            "--pretrain-corpus", str(corpus), "--pretrain-epochs", "1", "--pretrain-lr", "3e-3", "--balanced",
+            "--random-windows"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint: {tmp_path / 'cli' / 'checkpoint'}" in out and '"majority_baseline"' in out
+    info = json.loads((tmp_path / "cli" / "checkpoint" / "config.json").read_text())["info"]["train_config"]
+    assert info["device"] == "cpu" and info["stability_weight"] == 0.5 and info["pretrain_corpus"] == str(corpus)
