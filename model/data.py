@@ -226,6 +226,43 @@ def _dataset_name(path: Path) -> str:
 
 _NAMED = {"rotten_tomatoes": rotten_tomatoes, "pep_types": pep_types}
 
+_TEXT_SUFFIXES = (".txt", ".md", ".rst")
+
+
+def stdlib_texts() -> list[str]:
+    """The source files of this Python's standard library (long English docstrings and code), sorted by path."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = ("test", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo")
+    paths = sorted(p for p in root.rglob("*.py") if not any(part in skip for part in p.relative_to(root).parts))
+    return [p.read_text(encoding="utf-8", errors="replace") for p in paths]
+
+
+def pretrain_texts(spec: str) -> list[str]:
+    """Unlabelled long texts for causal-LM pretraining: a comma-separated list of sources.
+
+    "pep_types" / "rotten_tomatoes": the *train* split of that data set (never its test split);
+    "stdlib": `stdlib_texts()`; a .txt/.md/.rst file, or a folder (every such file under it, sorted).
+    """
+    texts: list[str] = []
+    for part in (s.strip() for s in spec.split(",")):
+        if part in _NAMED:
+            texts += [e.text for e in _NAMED[part]().train]
+        elif part == "stdlib":
+            texts += stdlib_texts()
+        elif Path(part).is_dir():
+            texts += [p.read_text(encoding="utf-8", errors="replace") for p in sorted(Path(part).rglob("*"))
+                      if p.suffix in _TEXT_SUFFIXES and p.is_file()]
+        elif Path(part).is_file():
+            texts.append(Path(part).read_text(encoding="utf-8", errors="replace"))
+        else:
+            raise ValueError(f"pretrain corpus part {part!r}: not one of {sorted(_NAMED)}, 'stdlib', "
+                             "or an existing file or folder")
+    if not texts:
+        raise ValueError(f"pretrain corpus {spec!r} holds no text")
+    return texts
+
 
 def load_dataset(spec: str) -> Dataset:
     """'rotten_tomatoes', 'pep_types', or a path to a file `from_file` reads with default field names."""

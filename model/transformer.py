@@ -55,6 +55,17 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     return (scores.softmax(-1) @ v).transpose(-3, -2)
 
 
+def fused_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Same function as `causal_attention` through `F.scaled_dot_product_attention` (fused kernels).
+
+    Used only in training mode: about 3x faster at 1,024 tokens on CPU, but its float rounding differs
+    from the exported graphs', so evaluation and export keep the plain math (codes must match exactly).
+    """
+    group = q.shape[-2] // k.shape[-2]
+    q, k, v = q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2)  # (..., H, T, dh)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=group > 1).transpose(-3, -2)
+
+
 def attention_with_past(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q (S, H, dh) of the last S positions, k/v (P+S, Hkv, dh) of all P+S -> (S, H, dh).
 
@@ -151,6 +162,7 @@ class ForwardOutput:
     hidden: torch.Tensor  # (B, T, d) after the final norm
     codes: list[torch.Tensor]  # per layer (B, T, H) int64
     vq_loss: torch.Tensor  # scalar
+    attn: list[torch.Tensor]  # per layer (B, T, H, dh): attention output before VQ (what the codes encode)
 
 
 class VQTransformer(nn.Module):
@@ -188,10 +200,12 @@ class VQTransformer(nn.Module):
             mask = torch.ones_like(ids, dtype=torch.bool)
         positions = torch.arange(ids.shape[-1], device=ids.device).expand_as(ids)
         x = self.embed(ids, positions)
-        codes, vq_loss = [], x.new_zeros(())
+        codes, attns, vq_loss = [], [], x.new_zeros(())
+        attention = fused_causal_attention if self.training else causal_attention
         for block in self.layers:
             q, k, v = block.qkv(x, positions)
-            attn = causal_attention(q, k, v)  # right padding: causal masking already hides pads
+            attn = attention(q, k, v)  # right padding: causal masking already hides pads
+            attns.append(attn)
             if self.cfg.vq.enabled:
                 out = block.vq(attn, valid=mask)
                 attn, vq_loss = out.quantized, vq_loss + out.loss
@@ -201,7 +215,15 @@ class VQTransformer(nn.Module):
                 r = block.res_vq(x.unflatten(-1, (block.res_vq.num_heads, -1)), valid=mask)
                 x, vq_loss = r.quantized.flatten(-2), vq_loss + r.loss
         hidden = self.final_norm(x)
-        return ForwardOutput(self.classifier(self.pool(hidden, mask)), hidden, codes, vq_loss)
+        return ForwardOutput(self.classifier(self.pool(hidden, mask)), hidden, codes, vq_loss, attns)
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (..., T, vocab) from final hidden states, tied to the token embedding.
+
+        Used only by causal-LM pretraining of scratch models; the exported model has no LM head.
+        """
+        return hidden @ self.embed_tokens.weight.T
+
 
     def forward_cached(self, ids: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
         """One document (no batch axis): ids (S,) continue the prefix held in `cache` -> logits (1, C) of the

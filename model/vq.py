@@ -106,7 +106,7 @@ class VectorQuantizer(nn.Module):
             centers = x[torch.randperm(n, generator=g)[: self.num_codes]].clone()
             if centers.shape[0] < self.num_codes:  # fewer samples than codes: jitter duplicates
                 extra = x[torch.randint(0, n, (self.num_codes - centers.shape[0],), generator=g)]
-                centers = torch.cat([centers, extra + 1e-3 * torch.randn(extra.shape, generator=g)])
+                centers = torch.cat([centers, extra + 1e-3 * torch.randn(extra.shape, generator=g).to(x.device)])
             for _ in range(iters):
                 assign = torch.cdist(x, centers).argmin(1)
                 sums = torch.zeros_like(centers).index_add_(0, assign, x)

@@ -51,8 +51,9 @@ def _dataclass_args(p: argparse.ArgumentParser, cls) -> None:
         default = f.default
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif default is None:
-            p.add_argument(flag, type=int, default=None)
+        elif default is None:  # optional field: its annotation (a string, "int | None") names the type
+            kind = next((t for t in (str, float, int) if str(f.type).startswith(t.__name__)), int)
+            p.add_argument(flag, type=kind, default=None)
         else:
             p.add_argument(flag, type=type(default), default=default)
 
@@ -66,8 +67,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     ns = p.parse_args(a.args)
     cfg = TrainConfig(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)})
     info = train(cfg)
-    print(json.dumps({k: info[k] for k in ("dataset", "num_train", "num_test", "teacher", "student")}, indent=2))
-    print(f"checkpoint: {Path(cfg.out) / 'checkpoint'}")
+    keys = ("dataset", "num_train", "num_test", "majority_baseline", "pretrain", "teacher", "student")
+    print(json.dumps({k: info[k] for k in keys if k in info}, indent=2))
+    if "student" in info:
+        print(f"checkpoint: {Path(cfg.out) / 'checkpoint'}")
     return 0
 
 
@@ -188,26 +191,53 @@ def cmd_replay(a: argparse.Namespace) -> int:
     return _replay(model, traces, a)
 
 
+def bundled_histories() -> Path:
+    """Real revision histories of dev-split PEPs shipped for the demo (see benchmarks/demo_traces.py)."""
+    return Path(__file__).resolve().parent / "data" / "pep-dev-histories.jsonl.gz"
+
+
+def _true_labels(path: Path) -> dict[str, str]:
+    """doc_id -> `label` of trace records that carry one (the bundled histories do)."""
+    import gzip
+
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8")) as f:
+        records = (json.loads(line) for line in f if line.strip())
+        return {str(r["doc_id"]): str(r["label"]) for r in records if "label" in r}
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from vqinc.runtime.model import default_model_dir
+    from vqinc.runtime.replay import ReplaySummary, replay_trace
     from vqinc.runtime.traces import git_file_history, read_trace_file
 
     root = Path(a.model_dir) if a.model_dir else default_model_dir()
     if not (root / "manifest.json").exists():
         raise ValueError(f"no model at {root} (train and export one: see README)")
-    if a.trace:
-        traces = list(read_trace_file(a.trace, limit=a.limit or 1))
+    labels: dict[str, str] = {}
+    if a.git:
+        target = Path(a.git).resolve()
+        traces = [git_file_history(target.parent, target, max_revisions=a.max_revisions)]
     else:
-        readme = Path(a.git or "README.md").resolve()
-        try:
-            traces = [git_file_history(readme.parent, readme, max_revisions=a.max_revisions)]
-        except ValueError as e:
-            raise ValueError(f"{e}; pass --trace ../shared/data/pep-revisions.jsonl.gz") from None
+        path = Path(a.trace) if a.trace else bundled_histories()
+        if not path.exists():
+            raise ValueError(f"{path} not found; pass --trace ../shared/data/pep-revisions.jsonl.gz or --git FILE")
+        traces = list(read_trace_file(path, limit=a.limit))
+        labels = _true_labels(path)
     model = _load(str(root), a.threads, a.providers)
+    student = model.manifest.info.get("student", {})
     print(f"model {root.name}: {model.num_layers} layers, d={model.d_model}, labels {list(model.labels)}; "
-          f"test accuracy {model.manifest.info.get('student', {}).get('accuracy', 'n/a')}")
-    a.live = True
-    return _replay(model, traces, a)
+          f"test accuracy {student.get('accuracy', 'n/a')}, macro-F1 {student.get('macro_f1', 'n/a')} "
+          f"({model.manifest.info.get('dataset', '?')})")
+    summary = ReplaySummary()
+    for trace in traces:
+        truth = f", true label: {labels[trace.doc_id]}" if trace.doc_id in labels else ""
+        print(f"\n{trace.doc_id}: {len(trace.revisions)} revisions, {trace.num_edits} edits{truth}")
+        replay_trace(model, trace, max_tokens=a.max_tokens, summary=summary, on_revision=_print_revision,
+                     max_revisions=a.max_revisions, check=a.check)
+    print(summary.table())
+    return 0
 
 
 def cmd_serve(a: argparse.Namespace) -> int:

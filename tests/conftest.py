@@ -139,3 +139,14 @@ def loaded(exported, test_providers):
     from vqinc.runtime.model import Model
 
     return {name: Model.load(e.model_dir, threads=1, providers=test_providers) for name, e in exported.items()}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """torch on one thread where a test uses it: tiny ops on a shared, busy machine run up to 40x slower with
+    OpenMP spinning on two threads (measured: 68 ms vs 1.7 ms per step of a toy loss). Never imports torch."""
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    yield
