@@ -1,4 +1,4 @@
-"""Screenshot of the live page for the README: `vqinc serve --http 0` with the bundled model, a review
+"""Screenshot of the live page for the README: `vqinc serve --http 0` with the bundled model, a sentence
 typed into the page by headless Chromium (Debian's chromium + chromium-driver, through Selenium), and a
 PNG of the result.
 
@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TYPED = " The acting is wonderful, the score is moving and I loved every minute."
+TYPED = " The new type is hashable and immutable, and it shares its implementation with dict."
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--window-size=1100,720", "--hide-scrollbars"]
