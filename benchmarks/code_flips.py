@@ -36,11 +36,12 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 import numpy as np  # noqa: E402
+from edits import workload  # noqa: E402  (the same documents and edits as the wall-clock benchmark)
 
 from vqinc.runtime import Model  # noqa: E402
-from vqinc.runtime.replay import initial_window  # noqa: E402
-from vqinc.runtime.traces import read_trace_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -65,34 +66,6 @@ def split_of(doc_ids: set[str] | None, split: str) -> set[str] | None:
         return {r["doc_id"] for r in map(json.loads, f) if r["split"] == split}
 
 
-def workload(model: Model, trace: Path, n_tokens: int, num_docs: int, edits_per_doc: int, keep: set[str] | None):
-    """(doc_id, window text, [local edits]) per document: the selection of benchmarks/edits.py `workload`."""
-    out = []
-    for tr in read_trace_file(trace):
-        if len(out) >= num_docs:
-            break
-        if keep is not None and tr.doc_id not in keep:
-            continue
-        edits_all = [e for r in tr.revisions for e in r.edits]
-        if not edits_all:
-            continue
-        center = int(np.median([e.at for e in edits_all]))
-        win = initial_window(model, tr.base, n_tokens, center)
-        if len(model.tokenizer.encode(tr.base[win.start:win.end], add_special_tokens=False).ids) < n_tokens * 0.9:
-            continue
-        start_text = tr.base[win.start:win.end]
-        local = []
-        for e in edits_all:
-            le = win.local(e.at, e.delete, e.insert)
-            if le is not None:
-                local.append(le)
-            if len(local) >= edits_per_doc or win.end - win.start > 2 * len(start_text):
-                break
-        if local:
-            out.append((tr.doc_id, start_text, local))
-    return out
-
-
 def _stat(v) -> dict[str, float]:
     v = np.asarray(v, dtype=np.float64)
     return {"median": float(np.median(v)), "p10": float(np.percentile(v, 10)), "p90": float(np.percentile(v, 90)),
@@ -114,7 +87,7 @@ def code_entropy(codes: np.ndarray, num_codes: int) -> np.ndarray:
 def trace_flips(model: Model, a) -> dict:
     keep = split_of(None, a.split)
     rows, entropies = [], []
-    for doc_id, text, edits in workload(model, a.trace, a.max_tokens, a.docs, a.edits, keep):
+    for doc_id, text, edits in workload(model, a.trace, a.max_tokens, a.docs, a.edits, False, keep):
         doc = model.document(text)
         entropies.append(code_entropy(doc.codes, int(doc.codes.max()) + 1))
         for k, (s, e, piece) in enumerate(edits):

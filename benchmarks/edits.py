@@ -71,12 +71,16 @@ def keystrokes(edits):
             yield e
 
 
-def workload(model: Model, trace_path: Path, n_tokens: int, num_docs: int, edits_per_doc: int, keystroke: bool):
-    """(doc id, window text, [local edits]) per document: real edits that fall inside an n-token window."""
+def workload(model: Model, trace_path: Path, n_tokens: int, num_docs: int, edits_per_doc: int, keystroke: bool,
+             keep: set[str] | None = None):
+    """(doc id, window text, [local edits]) per document: real edits that fall inside an n-token window;
+    only documents in `keep` when given (benchmarks/code_flips.py's --split)."""
     out = []
     for tr in read_trace_file(trace_path):
         if len(out) >= num_docs:
             break
+        if keep is not None and tr.doc_id not in keep:
+            continue
         edits_all = [e for r in tr.revisions for e in r.edits]
         if keystroke:
             edits_all = list(keystrokes(edits_all))
