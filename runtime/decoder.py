@@ -106,7 +106,8 @@ class KVDocument:
     def append_tokens(self, ids: npt.NDArray[np.int64]) -> None:
         """Run `ids` after the current positions (at least one token: no graph runs on zero rows)."""
         ids = np.asarray(ids, np.int64)
-        assert len(ids) > 0, "append_tokens needs at least one token"
+        if ids.ndim != 1 or len(ids) == 0:
+            raise ValueError(f"append_tokens needs a 1-D array of at least one token id, got shape {ids.shape}")
         d = self.decoder
         hs = self.sums[-1:] if self.length else np.zeros((1, self.sums.shape[1]), np.float32)
         feeds = {"input_ids": ids[None], "past_hidden_sum": hs, **dict(zip(d.past_names, self.past, strict=True))}

@@ -15,3 +15,14 @@ def assert_same_as_fresh(model, doc) -> None:
     flips = int((doc.codes != ref.codes).sum())
     assert flips == 0, f"{flips} codes differ from a fresh run"
     np.testing.assert_allclose(doc.logits, ref.logits, atol=1e-4, rtol=0)
+
+
+def edit_checking_every_step(model, text: str, edits) -> None:
+    """Apply character edits (a, b, piece) one by one; after each, the text is the spliced string and the
+    document equals a fresh one (`assert_same_as_fresh`)."""
+    doc = model.document(text)
+    for a, b, piece in edits:
+        doc.edit(a, b, piece)
+        text = text[:a] + piece + text[b:]
+        assert doc.text == text
+        assert_same_as_fresh(model, doc)

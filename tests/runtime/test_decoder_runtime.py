@@ -60,6 +60,8 @@ def test_rewind_then_append_is_genai_style(rope_decoder):
     np.testing.assert_allclose(doc.logits, _full(m, ids), atol=1e-4)
     with pytest.raises(ValueError, match="outside"):
         doc.rewind_to(99)
+    with pytest.raises(ValueError, match="at least one token"):  # a ValueError, also under python -O
+        doc.append_tokens(np.zeros(0, np.int64))
 
 
 def test_model_without_decoder_names_the_command(loaded):

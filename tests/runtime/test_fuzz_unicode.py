@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests_support import assert_same_as_fresh
+from tests_support import assert_same_as_fresh, edit_checking_every_step
 
 from vqinc.runtime.model import Model, default_model_dir
 
@@ -39,14 +39,7 @@ def unicode_edits(draw, max_edits=8):
 @settings(max_examples=60, deadline=None)
 @given(case=unicode_edits())
 def test_unicode_edit_sequences_equal_fresh_after_every_edit(loaded, name, case):
-    model = loaded[name]
-    text, edits = case
-    doc = model.document(text)
-    for a, b, piece in edits:
-        doc.edit(a, b, piece)
-        text = text[:a] + piece + text[b:]
-        assert doc.text == text
-        assert_same_as_fresh(model, doc)
+    edit_checking_every_step(loaded[name], *case)
 
 
 @pytest.fixture(scope="module")

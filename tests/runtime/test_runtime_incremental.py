@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tests_support import WORDS, assert_same_as_fresh
+from tests_support import WORDS, edit_checking_every_step
 
 MODES = ["llama-none", "llama-rope", "opt-learned"]
 
@@ -55,14 +55,7 @@ def edit_sequences(draw):
 @pytest.mark.parametrize("name", MODES)
 @given(case=edit_sequences())
 def test_random_edit_sequences_equal_fresh(loaded, name, case):
-    model = loaded[name]
-    text, edits = case
-    doc = model.document(text)
-    for a, b, piece in edits:
-        doc.edit(a, b, piece)
-        text = text[:a] + piece + text[b:]
-        assert doc.text == text
-        assert_same_as_fresh(model, doc)
+    edit_checking_every_step(loaded[name], *case)
 
 
 @pytest.mark.parametrize("name", MODES)
