@@ -28,7 +28,15 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
 	$(PIP) install --quiet gguf accelerate
 	touch $@
 
+# The engine's C kernels (runtime/_kernels.c), rebuilt whenever the source changes (`pip install -e .`
+# builds them once; an editable install does not rebuild a changed .c). Optional for the demo: without a
+# compiler the runtime runs its numpy paths. Required by the tests (VQINC_REQUIRE_KERNELS=1).
+$(VENV)/.kernels: runtime/_kernels.c setup.py $(VENV)/.runtime
+	$(PY) setup.py --quiet build_ext --inplace --force
+	touch $@
+
 demo: $(VENV)/.runtime
+	-@$(MAKE) --no-print-directory $(VENV)/.kernels 2>/dev/null || echo "make demo: no C compiler: the engine runs its numpy paths"
 	$(VENV)/bin/vqinc demo
 
 # The live page's test drives Debian's Chromium through /usr/bin/chromedriver: install both where apt can.
@@ -40,9 +48,9 @@ browser:
 			--no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null; \
 	else echo "make test: apt-get is not available here: the Chromium test of the live page will skip"; fi
 
-test: $(VENV)/.dev browser
+test: $(VENV)/.dev $(VENV)/.kernels browser
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -x
+	VQINC_REQUIRE_KERNELS=1 $(PY) -m pytest -q -x
 
 bench: $(VENV)/.dev  # smoke run, under 2 minutes on 2 cores
 	$(PY) benchmarks/edits.py --quick

@@ -29,7 +29,6 @@ from vqinc.export.from_dir import model_from_dir  # noqa: E402
 from vqinc.export.verify import verify_decoder  # noqa: E402
 from vqinc.runtime.decoder import KVDecoder  # noqa: E402
 from vqinc.runtime.model import Model, default_model_dir  # noqa: E402
-from vqinc.runtime.sessions import ensure_thread_pool  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -40,7 +39,6 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="write the timings as JSON here")
     a = p.parse_args(argv)
-    ensure_thread_pool(a.threads)
     torch_model, _ = model_from_dir(a.model_dir)
     rng = np.random.default_rng(0)
     ids = rng.integers(1, torch_model.cfg.arch.vocab_size, a.n - 1).astype(np.int64)

@@ -54,7 +54,7 @@ def attend_vs_refine(model: Model, doc) -> list[dict]:
 def lazy_costs(model: Model, doc) -> list[dict]:
     st, layer, li = doc.state, doc.state.layers[2], 2
     rows = st.order[len(st.order) // 4:]
-    saved = {f: getattr(layer, f).copy() for f in ("den", "den_err", "margin", "radius")}
+    saved = {f: getattr(layer, f).copy() for f in ("den", "den_err", "o", "o_err", "margin", "codes")}
     none = (layer.k[:, :0], layer.v[:, :0], np.zeros(0, np.int64))
     out = []
     for x in (2, 20, 100):
@@ -65,7 +65,7 @@ def lazy_costs(model: Model, doc) -> list[dict]:
         def run(keys=keys):
             for f, a in saved.items():
                 getattr(layer, f)[:] = a
-            lazy_update(layer, rows, st.pos[rows], keys, model.engine.codebooks[li], model.spec)
+            lazy_update(layer, rows, st.pos[rows], keys, model.engine.codebooks[li], model.spec, st.vmax[li])
 
         out.append({"rows": len(rows), "changed_keys": x, "us": _median_us(run, 20)})
     return out

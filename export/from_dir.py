@@ -78,11 +78,10 @@ def _initializers_by_param(proto: onnx.ModelProto, names: list[str]) -> dict:
 def _check_against_full(model: VQTransformer, tok: Tokenizer, root: Path, man) -> None:
     import onnxruntime as ort
 
-    from vqinc.runtime.sessions import ensure_thread_pool, session_options
+    from vqinc.runtime.sessions import check_threads, session_options
 
-    ensure_thread_pool()
     ids = np.asarray([man.spec.bos_token_id, *tok.encode(CHECK_TEXT, add_special_tokens=False).ids], np.int64)
-    sess = ort.InferenceSession(str(root / man.full_graph.file), sess_options=session_options(),
+    sess = ort.InferenceSession(str(root / man.full_graph.file), sess_options=session_options(check_threads(None)),
                                 providers=["CPUExecutionProvider"])
     logits, codes = sess.run(None, {"ids": ids})
     out = model(torch.from_numpy(ids)[None])

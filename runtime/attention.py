@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from vqinc.runtime import kernels
 from vqinc.runtime.config import ModelSpec
 from vqinc.runtime.numerics import EXP_ULPS, KEEP_EPS, U32, U64, Codebook, attention_bounds, gamma
 from vqinc.runtime.state import LayerState
@@ -60,84 +61,118 @@ class KeyDelta:
                    np.concatenate([p[2] for p in parts]), len(added[2]), len(removed[2]))
 
 
-def lazy_update(layer: LayerState, slots: I64, qpos: I64, keys: KeyDelta, codebook: Codebook,
-                spec: ModelSpec) -> npt.NDArray[np.bool_]:
-    """Update the attention summaries of queries `slots` (positions `qpos`) for `keys`, in place.
+@dataclass(frozen=True)
+class LazyResult:
+    """Masks over the lazy rows: `need` must be recomputed (left untouched); `changed` kept a proven,
+    different code (rescored from the updated output; its summaries are stored)."""
 
-    Returns a mask over `slots` of rows that must be recomputed instead (their code might change, or
-    the update is numerically unsafe); those rows' summaries are left untouched. The work per (row,
-    key) is two float32 matmuls and a few float32 passes; roundings are covered by one relative bound
-    per head (`slack`)."""
+    need: npt.NDArray[np.bool_]
+    changed: npt.NDArray[np.bool_]
+
+
+def lazy_update(layer: LayerState, slots: I64, qpos: I64, keys: KeyDelta, codebook: Codebook,
+                spec: ModelSpec, vmax: np.ndarray) -> LazyResult:
+    """Update the attention state of queries `slots` (positions `qpos`) for `keys`, in place.
+
+    Each (row, head) keeps its attention output o (float32) with a bound o_err on its distance to the
+    exact output. With weights e_x = exp(s_x − m) of the keys that come and go:
+        den' = den ± Σ e_x,   o' = (den·o ± Σ e_x v_x) / den'
+    computed in float64, and o_err grows by everything this step can get wrong (_kernels.c lists the
+    terms). The code stays while the margin minus the movement |o' − o| and both error bounds stays
+    positive; otherwise o' is rescored against the codebook, which proves the nearest code (the old one
+    or a new one) without recomputing the row whenever o' lies far enough inside a cell. `vmax` (Hkv,)
+    bounds |v| of every value of the layer (the exact output is a mean of values)."""
     n, x = len(slots), keys.size
     if not n or not x:
-        return np.zeros(n, bool)
-    h, dh, kc = spec.num_heads, spec.head_dim, spec.num_codes
-    a, r, mod = keys.added, keys.removed, keys.modified
+        return LazyResult(np.zeros(n, bool), np.zeros(n, bool))
+    h, dh = spec.num_heads, spec.head_dim
     kv_head = np.arange(h) // spec.group
     scale = np.float32(dh**-0.5)
     k = keys.k[kv_head]  # (H, X, dh)
     m_rows = layer.m[:, slots]  # (H, n) f32
-    z = np.matmul(layer.q[:, slots], k.transpose(0, 2, 1))  # (H, n, X) f32
-    z *= scale
-    z -= m_rows[..., None]
-    # one relative error bound per head for every float32 weight exp(z): dot product, ×scale, −m, exp
+    # one relative error bound per head for every weight exp(z): float32 dot product, ×scale, −m, exp
     knorm = np.sqrt(np.einsum("hxd,hxd->hx", k, k).max(axis=1)).astype(np.float64) * (1 + 1e-5)  # (H,)
     spread = float(scale) * layer.qnorm[:, slots].max(axis=1) * knorm  # (H,) >= |s|
     eps = gamma(dh + 2) * spread + U32 * (4 * spread + 2 * np.abs(m_rows).max(axis=1)) + EXP_ULPS * U32
-    slack = (np.exp(eps) * (1 + gamma(x + 4)))[:, None]  # also the float32 sums and the rounding of |v − c|
-    if z.max() > OVERFLOW - 1:  # a weight near float32's range: those rows are recomputed
-        overflow = (z.max(axis=2) > OVERFLOW - 1).any(axis=0)
-        np.minimum(z, OVERFLOW, out=z)
-    else:
-        overflow = False
-    e = np.exp(z, out=z)
-    if keys.pos.max() > qpos.min():  # some keys sit after some of these queries
-        e *= keys.pos[None, None, :] <= qpos[None, :, None]
-    dist = codebook.value_distances(keys.v[kv_head].astype(np.float64))  # (H, X, K) |v_x − c_k|
-    code_at = (np.arange(h * n) * (kc + 2) + layer.codes[slots].T.ravel())  # flat index of (h, i, code)
-    # added and removed keys: one matmul gives Σ e |v − c_k| for every k, Σ e added, Σ e removed
-    w = np.zeros((h, a + r + mod, kc + 2), np.float32)
-    w[..., :kc] = dist[:, :a + r + mod]
-    w[:, :a, kc] = 1
-    w[:, a:a + r, kc + 1] = 1
-    ew = e[..., :a + r + mod]
-    if mod:  # modified keys: |e_new − e_old| in place of e, and each key counted once
-        ew = ew.copy()
-        ew[..., a + r:] = np.abs(e[..., a + r + mod:] - e[..., a + r:a + r + mod])
-        w[:, a + r:, kc + 1] = 1  # Σ |Δe| joins the removed column: both multiply (|v − c| + radius)
-    sums = np.matmul(ew, w).reshape(h * n, kc + 2)
-    to_code = sums.ravel()[code_at].reshape(h, n).astype(np.float64)
-    e_add = sums[:, kc].reshape(h, n).astype(np.float64)
-    spent = e_add + sums[:, kc + 1].reshape(h, n)  # Σ weights that move o by (|v − c| + radius) each
-    if mod:
-        e_new = e[..., a + r + mod:]
-        v64 = keys.v[kv_head].astype(np.float64)
-        dv = np.sqrt(((v64[:, a + r + mod:] - v64[:, a + r:a + r + mod]) ** 2).sum(axis=-1))  # (H, M)
-        to_code += np.matmul(e_new, dv[..., None].astype(np.float32))[..., 0]
-        change = np.matmul(e[..., a + r:], np.concatenate([-np.ones(mod), np.ones(mod)]).astype(np.float32))
-        moved_mass = np.matmul(e[..., a + r:], np.ones(2 * mod, np.float32)).astype(np.float64)
-        fuzz = (slack - 1) * moved_mass * (dist[:, a + r:].max(axis=(1, 2))[:, None] + layer.radius[:, slots])
-    else:
-        change, moved_mass, fuzz = 0.0, 0.0, 0.0
-    rem_only = np.matmul(e[..., a:a + r], np.ones(r, np.float32)) if r else 0.0
-    den0 = layer.den[:, slots]
-    den = den0 + e_add - rem_only + change
-    total = e_add + rem_only + moved_mass  # every weight entering den's update
-    # float32 exp may underflow to 0: an absolute error below 2^-126 per key
-    err = layer.den_err[:, slots] + total * (slack - 1) + gamma(6, U64) * (den0 + total) + x * 2.0**-126
-    radius = layer.radius[:, slots]
-    low = den - err
-    safe = (low > 0) & (err <= CANCELLATION * den)
-    mu = ((to_code + radius * spent) * slack + fuzz) / np.where(safe, low, 1.0)
-    margin = layer.margin[:, slots] - mu
-    need = (~safe | (margin <= KEEP_EPS)).any(axis=0) | overflow
-    if not need.all():
-        keep, cols = slots[~need], ~need
-        layer.den[:, keep] = den[:, cols]
-        layer.den_err[:, keep] = err[:, cols]
-        layer.margin[:, keep] = margin[:, cols]
-        layer.radius[:, keep] = radius[:, cols] + mu[:, cols]
-    return need
+    slack = np.exp(eps) * (1 + gamma(x + 4))  # (H,)
+    v64 = keys.v.astype(np.float64)
+    vnorm = np.sqrt(np.einsum("hxd,hxd->hx", v64, v64)) * (1 + 1e-12)  # (Hkv, X)
+    vmax_h = np.maximum(np.asarray(vmax, np.float64), vnorm.max(axis=1))[kv_head] * (1 + 1e-12)  # (H,)
+    if kernels.NATIVE is not None:
+        return _lazy_update_native(layer, slots, qpos, keys, vnorm, vmax_h, slack, codebook, spec)
+    return _lazy_update_numpy(layer, slots, qpos, keys, vnorm[kv_head], vmax_h, slack, codebook, spec, m_rows)
+
+
+def _lazy_update_numpy(layer: LayerState, slots: I64, qpos: I64, keys: KeyDelta, vnorm: np.ndarray,
+                       vmax: np.ndarray, slack: np.ndarray, codebook: Codebook, spec: ModelSpec,
+                       m_rows: np.ndarray) -> LazyResult:
+    """`lazy_update` in numpy (where the C kernels are not built): the same steps and bounds."""
+    h, dh = spec.num_heads, spec.head_dim
+    a, r, mod = keys.added, keys.removed, keys.modified
+    kv_head = np.arange(h) // spec.group
+    z = np.matmul(layer.q[:, slots], keys.k[kv_head].transpose(0, 2, 1))  # (H, n, X) f32
+    z *= np.float32(dh**-0.5)
+    z -= m_rows[..., None]
+    overflow = (z > OVERFLOW - 1).any(axis=(0, 2))  # a weight near float32's range: recompute the row
+    e = np.exp(np.minimum(z, OVERFLOW).astype(np.float64))  # float64: within the bound of a float32 exp
+    e *= keys.pos[None, None, :] <= qpos[None, :, None]  # keys after a query are not visible to it
+    sign = np.concatenate([np.ones(a), -np.ones(r + mod), np.ones(mod)])
+    add, rem = e[..., :a].sum(-1), e[..., a:a + r].sum(-1)
+    change = (e[..., a + r + mod:] - e[..., a + r:a + r + mod]).sum(-1)
+    moved = e[..., a + r:].sum(-1)
+    den0, derr = layer.den[:, slots], layer.den_err[:, slots]
+    sl = slack[:, None]
+    den = den0 + add - rem + change
+    total = add + rem + moved
+    err = derr + total * (sl - 1) + gamma(6, U64) * (den0 + total) + keys.size * 2.0**-126
+    safe = (den - err > 0) & (err <= CANCELLATION * den) & ~overflow[None, :]
+    o_old = layer.o[:, slots].astype(np.float64)  # (H, n, dh)
+    onorm = np.sqrt(np.einsum("hnd,hnd->hn", o_old, o_old)) * (1 + 1e-12)
+    ev = np.einsum("hnx,hx->hn", e, vnorm)
+    num = den0[..., None] * o_old + np.matmul(e * sign, keys.v[kv_head].astype(np.float64))
+    on = (num / np.where(safe, den, 1.0)[..., None]).astype(np.float32)
+    on64 = on.astype(np.float64)
+    gsum = gamma(keys.size + 8, U64)
+    oerr0 = layer.o_err[:, slots]
+    en = derr * onorm + (den0 + derr) * oerr0 + (sl - 1) * sl * ev + gsum * (den0 * onorm + ev) + \
+        keys.size * 2.0**-126 * vmax[:, None]
+    oe = (en + vmax[:, None] * err) / np.where(safe, den, 1.0) * (1 + gsum) + \
+        (2 * U32 + gsum) * np.sqrt(np.einsum("hnd,hnd->hn", on64, on64)) * (1 + 1e-12)
+    delta = np.sqrt(np.einsum("hnd,hnd->hn", on64 - o_old, on64 - o_old)) * (1 + 1e-12)
+    margin = layer.margin[:, slots] - delta - oerr0 - oe
+    codes = layer.codes[slots].T.copy()  # (H, n)
+    for hh in range(h):  # rescore from o' where the cheap bound does not prove the code
+        idx = np.nonzero(safe[hh] & ~(margin[hh] > KEEP_EPS))[0]
+        if len(idx):
+            c, sc = codebook.nearest(on64[hh, idx][None], [hh])
+            f, _ = codebook.margins(on64[hh, idx][None], c, [hh], sc)
+            codes[hh, idx], margin[hh, idx] = c[0], f[0] - oe[hh, idx]
+    need = ~(safe & (margin > KEEP_EPS)).all(axis=0)
+    keep = ~need
+    rows = slots[keep]
+    changed = keep & (codes != layer.codes[slots].T).any(axis=0)
+    layer.den[:, rows], layer.den_err[:, rows] = den[:, keep], err[:, keep]
+    layer.o[:, rows], layer.o_err[:, rows], layer.margin[:, rows] = on[:, keep], oe[:, keep], margin[:, keep]
+    layer.codes[rows] = codes[:, keep].T
+    return LazyResult(need, changed)
+
+
+def _lazy_update_native(layer: LayerState, slots: I64, qpos: I64, keys: KeyDelta, vnorm: np.ndarray,
+                        vmax: np.ndarray, slack: np.ndarray, codebook: Codebook, spec: ModelSpec) -> LazyResult:
+    """`lazy_update` in one C pass over the rows (_kernels.c)."""
+    n = len(slots)
+    need, changed = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+    c, sq, inv, pen, err_const, err_norm, _ = codebook.parts
+    kernels.NATIVE.lazy_update(
+        layer.q, np.ascontiguousarray(keys.k, np.float32), np.ascontiguousarray(keys.v, np.float32),
+        np.ascontiguousarray(keys.pos, np.int64), np.ascontiguousarray(slots, np.int64),
+        np.ascontiguousarray(qpos, np.int64), layer.m, layer.codes, np.ascontiguousarray(vnorm),
+        np.ascontiguousarray(vmax), np.ascontiguousarray(slack, np.float64), layer.den, layer.den_err, layer.o,
+        layer.o_err, layer.margin, codebook.ct, sq, inv, pen, err_const, err_norm, need, changed,
+        spec.num_heads, spec.num_kv_heads, layer.q.shape[1], spec.head_dim, keys.size, c.shape[1], n,
+        keys.added, keys.removed, keys.modified, float(np.float32(spec.head_dim**-0.5)), float(gamma(6, U64)),
+        KEEP_EPS, CANCELLATION)
+    return LazyResult(need.view(bool), changed.view(bool))
 
 
 @dataclass(frozen=True)
@@ -222,12 +257,13 @@ class _Rows:
         shape = (spec.num_heads, len(slots))
         self.codes = np.zeros(shape, np.int64)
         self.m, self.den, self.den_err = np.zeros(shape, np.float32), np.zeros(shape), np.zeros(shape)
-        self.margin, self.radius = np.zeros(shape), np.zeros(shape)
+        self.margin, self.o_err = np.zeros(shape), np.zeros(shape)
+        self.o = np.zeros((*shape, spec.head_dim), np.float32)
 
     def store(self, heads, idx: I64, o: np.ndarray, m: np.ndarray, den: np.ndarray, codes: np.ndarray, u: float,
               num_keys: int, scores: np.ndarray | None = None) -> None:
         """Rows idx of `heads` computed with unit roundoff u: o (h, r, dh) float64, m, den, codes (h, r)."""
-        margin, radius = self.codebook.margins(o, codes, heads, scores)
+        margin, _ = self.codebook.margins(o, codes, heads, scores)
         hs = np.arange(self.spec.num_heads)[heads]
         e_o, theta = attention_bounds(self.qnorm[hs][:, idx], self.kmax[hs], self.vmax[hs], num_keys,
                                       self.spec.head_dim, float(np.float32(self.spec.head_dim**-0.5)), u)
@@ -238,7 +274,9 @@ class _Rows:
             den = den * np.exp(m - m32.astype(np.float64))
         at = (slice(None), slice(None)) if isinstance(heads, slice) and len(idx) == self.codes.shape[1] \
             else np.ix_(hs, idx)
-        self.codes[at], self.margin[at], self.radius[at] = codes, margin - e_o, radius + e_o
+        o32 = o.astype(np.float32)  # stored in float32: its rounding joins the error bound
+        o_err = e_o + (0.0 if u == U32 else U32 * np.sqrt(np.einsum("hrd,hrd->hr", o, o)) * (1 + 1e-6))
+        self.codes[at], self.margin[at], self.o_err[at], self.o[at] = codes, margin - e_o, o_err, o32
         self.m[at], self.den[at], self.den_err[at] = m32, den, 2 * theta * den
 
     def unsure(self) -> npt.NDArray[np.bool_]:
@@ -248,4 +286,4 @@ class _Rows:
     def commit(self) -> None:
         layer, slots = self.layer, self.slots
         layer.m[:, slots], layer.den[:, slots], layer.den_err[:, slots] = self.m, self.den, self.den_err
-        layer.margin[:, slots], layer.radius[:, slots] = self.margin, self.radius
+        layer.margin[:, slots], layer.o_err[:, slots], layer.o[:, slots] = self.margin, self.o_err, self.o

@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from vqinc.runtime.manifest import GraphSpec, ModelDirError
 from vqinc.runtime.model import Model
-from vqinc.runtime.sessions import session_options
+from vqinc.runtime.sessions import BULK_ROWS, session_options
 
 
 def expand_names(names: tuple[str, ...], num_layers: int) -> list[str]:
@@ -52,14 +52,9 @@ class KVDecoder:
         if spec is None:
             raise ModelDirError(f"{model.root}: no decoder graph; add one with "
                                 f"`vqinc export {model.root} {model.root} --decoder` (needs the export extra)")
-        self.model = model
-        path = spec.path(model.root)
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=session_options(),
-                                                providers=model.executor.providers)
-        except Exception as e:
-            raise ModelDirError(f"{model.root}: {spec.file} cannot be loaded by ONNX Runtime: "
-                                f"{str(e).splitlines()[0][:300]}") from e
+        self.model, self.spec = model, spec
+        self.session = self._open(1)
+        self._bulk: ort.InferenceSession | None = None
         self.inputs, self.outputs = io_names(spec, model.num_layers)
         got_in = [i.name for i in self.session.get_inputs()]
         got_out = [o.name for o in self.session.get_outputs()]
@@ -68,6 +63,23 @@ class KVDecoder:
                                 f"says {self.inputs} / {self.outputs}")
         self.past_names = self.inputs[2:]
         self.cache_shape = (1, model.num_kv_heads, 0, model.head_dim)
+
+    def _open(self, threads: int) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(str(self.spec.path(self.model.root)), sess_options=session_options(threads),
+                                        providers=self.model.executor.providers)
+        except Exception as e:
+            raise ModelDirError(f"{self.model.root}: {self.spec.file} cannot be loaded by ONNX Runtime: "
+                                f"{str(e).splitlines()[0][:300]}") from e
+
+    def session_for(self, rows: int) -> ort.InferenceSession:
+        """The engine's policy (sessions.py): one thread below `BULK_ROWS` rows, the model's `threads` above."""
+        threads = self.model.executor.threads
+        if rows < BULK_ROWS or threads == 1:
+            return self.session
+        if self._bulk is None:
+            self._bulk = self._open(threads)
+        return self._bulk
 
     def document(self, ids: npt.ArrayLike = ()) -> KVDocument:
         """A document of token ids (BOS excluded, as `Document.token_ids`)."""
@@ -111,7 +123,7 @@ class KVDocument:
         d = self.decoder
         hs = self.sums[-1:] if self.length else np.zeros((1, self.sums.shape[1]), np.float32)
         feeds = {"input_ids": ids[None], "past_hidden_sum": hs, **dict(zip(d.past_names, self.past, strict=True))}
-        logits, sums, codes, *present = d.session.run(None, feeds)
+        logits, sums, codes, *present = d.session_for(len(ids)).run(None, feeds)
         self.ids = np.concatenate([self.ids, ids])
         self.sums = np.concatenate([self.sums, sums])
         self.suffix_codes = codes

@@ -42,8 +42,9 @@ class EditStats:
     num_tokens: int
     rows: dict[str, list[int]] = field(default_factory=dict)
     """Per layer, rows through each step: embed_qkv (rows whose q, k, v were computed), lazy (queries
-    updated in place), attend (rows recomputed), refine (of those, rows float32 could not decide,
-    recomputed in float64), post."""
+    updated in place), rescore (of those, rows whose updated output proved a new code without a
+    recompute), attend (rows recomputed), refine (of those, rows float32 could not decide, recomputed
+    in float64), post."""
     macs: int = 0
     full_macs: int = 0
     near_ties: int = 0
@@ -156,9 +157,10 @@ class Engine:
         stats.rows["embed_qkv"].append(len(plan.dirty))
         if len(plan.lazy):
             keys = self._key_delta(job, L, plan, dirty_k, dirty_v)
-            need = lazy_update(L, plan.lazy, st.pos[plan.lazy], keys, self.codebooks[li], spec)
+            lazy = lazy_update(L, plan.lazy, st.pos[plan.lazy], keys, self.codebooks[li], spec, st.vmax[li])
+            need, lazy_changed = lazy.need, plan.lazy[lazy.changed]
         else:
-            need = np.zeros(0, bool)
+            need, lazy_changed = np.zeros(0, bool), EMPTY
         if len(plan.lazy) and plan.changed_keys:
             observed = 1.0 - (1.0 - need.mean()) ** (1.0 / plan.changed_keys)
             self.need_rate[li] = 0.7 * self.need_rate[li] + 0.3 * observed
@@ -184,7 +186,9 @@ class Engine:
                 stats.macs += refined * int(visible.max()) * self.macs["refine"].per_pair
         stats.rows["attend"].append(len(recompute))
         stats.rows["refine"].append(refined)
-        stats.dense_layers += plan.dense
+        stats.dense_layers += int(plan.dense)
+        stats.rows["rescore"].append(len(lazy_changed))
+        code_changed = np.union1d(code_changed, lazy_changed)
         job.changed = np.union1d(job.changed, code_changed).astype(np.int64)  # rows that need post
 
     @staticmethod

@@ -14,19 +14,18 @@ import numpy as np
 from vqinc.runtime.config import ModelSpec
 from vqinc.runtime.manifest import Manifest, ModelDirError
 from vqinc.runtime.providers import resolve_providers
-from vqinc.runtime.sessions import Graph, ensure_thread_pool, session_options
+from vqinc.runtime.sessions import Graph, check_threads
 from vqinc.runtime.stages import STAGES
 
 
 class Executor:
-    """Sessions of one model directory, all on ORT's shared thread pool."""
+    """Sessions of one model directory (sessions.py: a one-thread session per graph, a bulk one for big calls)."""
 
     def __init__(self, root: Path, manifest: Manifest, spec: ModelSpec, providers: list | None = None,
                  threads: int | None = None):
         self.providers = resolve_providers(providers)  # before any session: clear errors, one warning
-        ensure_thread_pool(threads)
+        self.threads = check_threads(threads)
         self.root, self.manifest, self.spec = root, manifest, spec
-        self._so = session_options()
         self._graphs: dict[tuple[str, int | None], Graph] = {}
         self.calls = 0
         """Graph runs so far (for stats and tests)."""
@@ -39,7 +38,7 @@ class Executor:
 
     def _load(self, name: str, layer: int | None) -> Graph:
         g = self.manifest.graphs[name]
-        return Graph(g.path(self.root, layer), g, STAGES[name], self.spec, self.providers, self._so)
+        return Graph(g.path(self.root, layer), g, STAGES[name], self.spec, self.providers, self.threads)
 
     def providers_in_use(self) -> list[str]:
         return next(iter(self._graphs.values())).session.get_providers()

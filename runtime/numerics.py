@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from vqinc.runtime import kernels
+
 F64 = npt.NDArray[np.float64]
 U32 = 2.0**-24
 U64 = 2.0**-53
@@ -79,6 +81,8 @@ class Codebook:
         self._cmax = np.sqrt(self.sq.max(axis=1))  # (H,)
         g = gamma(dh + 2, U64) * 2 * self.inv_2pair.max(axis=(1, 2))
         self._err_const, self._err_norm = g * self.sq.max(axis=1), g * 2 * self._cmax
+        self.parts = tuple(np.ascontiguousarray(a, np.float64) for a in (
+            self.c, self.sq, self.inv_2pair, self.pen, self._err_const, self._err_norm, self._cmax))
 
     def scores(self, o: F64, heads: npt.NDArray | slice = slice(None)) -> F64:
         """(h, R, K) float64 `|c_k|² − 2 o·c_k` of rows o (h, R, dh)."""
@@ -89,6 +93,8 @@ class Codebook:
         """(margin, radius), each (h, R): distance of o (h, R, dh) to the nearest facet of the cell of its
         code (codes (h, R); negative when another code is nearer) and |o − c_code|, both minus/plus their
         float64 error."""
+        if kernels.NATIVE is not None:
+            return self._margins_native(o, codes, heads)
         s = self.scores(o, heads) if scores is None else scores  # (h, R, K)
         idx = (self._flat[heads] + codes).reshape(-1)  # (h·R,) rows of the (H·K, ·) tables
         kk = s.shape[-1]
@@ -102,6 +108,18 @@ class Codebook:
         d2_err = gamma(o.shape[-1] + 4, U64) * 2 * (onorm + self._cmax[heads][:, None]) ** 2
         radius = np.sqrt(np.maximum(o2 + sj, 0.0) + d2_err) * (1 + 1e-12)
         return gap.min(axis=-1) - err, radius
+
+    def _margins_native(self, o: F64, codes: npt.NDArray[np.int64], heads: npt.NDArray | slice) -> tuple[F64, F64]:
+        """`margins` in C (_kernels.c): scores recomputed there, the same error terms."""
+        h, r, dh = o.shape
+        parts = self.parts if isinstance(heads, slice) and heads == slice(None) else self._select(heads)
+        margin, radius = np.empty((h, r)), np.empty((h, r))
+        kernels.NATIVE.margins(np.ascontiguousarray(o, np.float64), np.ascontiguousarray(codes, np.int64), *parts,
+                       margin, radius, h, r, self.c.shape[1], dh)
+        return margin, radius
+
+    def _select(self, heads) -> tuple[np.ndarray, ...]:
+        return tuple(np.ascontiguousarray(a[heads]) for a in self.parts)
 
     def nearest(self, o: F64, heads: npt.NDArray | slice = slice(None)) -> tuple[npt.NDArray[np.int64], F64]:
         """(codes (h, R), scores) of rows o (h, R, dh) by float64 scores, first index on ties: the

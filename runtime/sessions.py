@@ -1,9 +1,15 @@
-"""ONNX Runtime set-up: one shared thread pool per process, session options, and `Graph`, a session
-checked against the stage table when it is loaded.
+"""ONNX Runtime set-up: session options by row count, and `Graph`, a stage's sessions checked against the
+stage table when they are loaded.
 
-Many small sessions with per-session spinning pools run 5-7x slower on this class of machine
-(DESIGN.md §5), so every session uses the global pool. `Graph.run` refuses zero-row inputs: ORT
-<= 1.31.1 dies with SIGFPE on a size-0 batch through Transpose+MatMul.
+Why two sessions per graph: an edit runs ~10 graphs on 1-10 rows each, where a thread pool only costs
+(threads woken, spinning against numpy and other processes: on a busy 2-core machine a 1-row call
+took 0.24 ms in the engine against 42 us alone). Calls of fewer than `BULK_ROWS` rows therefore run
+in a one-thread session that never spins; larger calls (a build, a paste, a dense layer) in a second
+session with `threads` intra-op threads, also without spinning, created on first use. Both sessions
+run the same graph with the same optimisations, so a row's result does not depend on which ran it
+(the engine's exactness never relied on it anyway: every code is proven by bounds, numerics.py).
+`Graph.run` refuses zero-row inputs: ORT <= 1.31.1 dies with SIGFPE on a size-0 batch through
+Transpose+MatMul.
 """
 
 from __future__ import annotations
@@ -20,33 +26,27 @@ from vqinc.runtime.manifest import GraphSpec, ModelDirError
 from vqinc.runtime.providers import check_session
 from vqinc.runtime.stages import DIM_FIELDS, DYNAMIC, Stage, dim_sizes
 
-_POOL: tuple[int, ...] | None = None
 MAX_THREADS = 256
+BULK_ROWS = 64
+"""Calls with at least this many rows run in the multi-threaded session."""
 
 
-def ensure_thread_pool(threads: int | None = None) -> None:
-    """Create ORT's global thread pool once per process (its size is fixed from then on).
-
-    From then on every ORT session in the process must set `use_per_session_threads = False`
-    (ORT refuses others): use `session_options()` for sessions of your own."""
-    global _POOL
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or not 1 <= threads <= MAX_THREADS):
+def check_threads(threads: object) -> int:
+    """The bulk sessions' intra-op thread count: `threads`, or every core when None."""
+    if threads is None:
+        return max(1, os.cpu_count() or 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
         raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
-    if _POOL is not None:
-        return
-    intra = threads or max(1, os.cpu_count() or 1)
-    limit_blas_threads(1)  # numpy's BLAS runs beside ORT's pool: one thread, or both slow down badly
-    try:
-        ort.set_global_thread_pool_sizes(intra, 1)
-    except RuntimeError:  # already created by another library in this process: reuse it
-        pass
-    _POOL = (intra, 1)
+    return threads
 
 
-def session_options(optimize: bool = True) -> ort.SessionOptions:
+def session_options(threads: int = 1, optimize: bool = True) -> ort.SessionOptions:
+    """Options of a session with its own pool of `threads` intra-op threads that never spin."""
+    limit_blas_threads(1)  # numpy's BLAS runs beside ORT: one thread, or both slow down badly
     so = ort.SessionOptions()
-    so.use_per_session_threads = False
+    so.intra_op_num_threads = check_threads(threads)
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     so.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -54,17 +54,25 @@ def session_options(optimize: bool = True) -> ort.SessionOptions:
     return so
 
 
+def row_axis(stage: Stage) -> tuple[str, int] | None:
+    """(input, axis) whose size is the call's row count (R or B in the stage's dims), if any."""
+    for name, dims in stage.dims:
+        if name in stage.inputs:
+            for axis, sym in enumerate(dims):
+                if sym in ("R", "B"):
+                    return name, axis
+    return None
+
+
 class Graph:
     """One session plus the names it was exported with; feeds only the inputs the graph kept."""
 
     def __init__(self, path: Path, spec: GraphSpec, stage: Stage, model: ModelSpec, providers: list,
-                 so: ort.SessionOptions):
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
-        except Exception as e:  # ORT raises several exception types for bad files
-            raise ModelDirError(f"{path.parent}: {path.name} cannot be loaded by ONNX Runtime: "
-                                f"{str(e).splitlines()[0][:300]}") from None
-        check_session(self.session, providers)
+                 threads: int | None = None):
+        self.path, self.providers, self.threads = path, providers, check_threads(threads)
+        self.session = self._open(1)
+        self._bulk: ort.InferenceSession | None = None
+        self._rows = row_axis(stage)
         self.name = path.name
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -112,8 +120,27 @@ class Graph:
                 raise ModelDirError(f"{path.parent}: {path.name} refuses {name} = {top}, but the manifest's model "
                                     f"has arch.{field} = {top + 1}: its table is smaller ({why})") from None
 
+    def _open(self, threads: int) -> ort.InferenceSession:
+        path = self.path
+        try:
+            session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=self.providers)
+        except Exception as e:  # ORT raises several exception types for bad files
+            raise ModelDirError(f"{path.parent}: {path.name} cannot be loaded by ONNX Runtime: "
+                                f"{str(e).splitlines()[0][:300]}") from None
+        check_session(session, self.providers)
+        return session
+
+    def session_for(self, rows: int) -> ort.InferenceSession:
+        """The one-thread session for small calls, the `threads`-thread one (opened on first use) for big ones."""
+        if rows < BULK_ROWS or self.threads == 1:
+            return self.session
+        if self._bulk is None:
+            self._bulk = self._open(self.threads)
+        return self._bulk
+
     def run(self, **feeds: np.ndarray) -> list[np.ndarray]:
         for n in self.inputs:
             if feeds[n].size == 0:  # an engine bug, never user input: ORT may crash on it (see above)
                 raise RuntimeError(f"{self.name}: refusing to run on an empty input {n!r} {feeds[n].shape}")
-        return self.session.run(None, {n: feeds[n] for n in self.inputs})
+        rows = feeds[self._rows[0]].shape[self._rows[1]] if self._rows and self._rows[0] in feeds else BULK_ROWS
+        return self.session_for(rows).run(None, {n: feeds[n] for n in self.inputs})

@@ -81,9 +81,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
 )}
 """Every stage, by name."""
 
-INCREMENTAL_ROWS = ("embed_qkv", "lazy", "attend", "refine", "post")
+INCREMENTAL_ROWS = ("embed_qkv", "lazy", "rescore", "attend", "refine", "post")
 """Keys of `EditStats.rows`: rows per layer that went through each step ("lazy": queries whose
-attention state was updated without recomputing the row)."""
+attention state was updated without recomputing the row; "rescore": of those, rows whose updated output
+proved a new code)."""
 
 
 DYNAMIC = ("R", "C", "B")

@@ -7,9 +7,9 @@ gathers or shifts them. Slots freed by an edit are reused later; capacity grows 
 after large deletions the rows are compacted back to an eighth of spare capacity (`compact`).
 
 Per layer and slot the state keeps what an edit needs to avoid recomputing rows: the layer input x,
-q, k, v, and per head a small attention summary (m, den, den_err, margin, radius) plus the code. The
-attention output itself is not stored: a row that is not recomputed only needs a bound on how far
-its output moved (numerics.py), and a recomputed row gets it back from the `attend` graph.
+q, k, v, and per head the attention output o (float32) with a bound o_err on its error, the softmax
+summary (m, den, den_err), the margin of its code and the code. A row that is not recomputed has its
+o updated from the keys that come and go (attention.lazy_update), which proves its code, old or new.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ class LayerState:
     m: np.ndarray  # (H, cap) f32 softmax reference point: the max score at the row's last full computation
     den: np.ndarray  # (H, cap) f64 Σ_j exp(s_j − m) over the visible keys, kept current by lazy updates
     den_err: np.ndarray  # (H, cap) f64 bound on |den − exact|
+    o: np.ndarray  # (H, cap, dh) f32 attention output (the last computed or lazily updated one)
+    o_err: np.ndarray  # (H, cap) f64 upper bound on |o − exact output|
     margin: np.ndarray  # (H, cap) f64 lower bound on the exact output's distance inside its code's cell
-    radius: np.ndarray  # (H, cap) f64 upper bound on |exact output − code vector|
     codes: np.ndarray  # (cap, H) i64
 
     @classmethod
@@ -47,8 +48,8 @@ class LayerState:
             x=np.zeros((cap, d), np.float32), q=np.zeros((h, cap, dh), np.float32),
             k=np.zeros((hkv, cap, dh), np.float32), v=np.zeros((hkv, cap, dh), np.float32),
             qnorm=np.zeros((h, cap), np.float32), m=np.zeros((h, cap), np.float32),
-            den=np.ones((h, cap)), den_err=np.zeros((h, cap)), margin=np.zeros((h, cap)),
-            radius=np.zeros((h, cap)), codes=np.zeros((cap, h), np.int64),
+            den=np.ones((h, cap)), den_err=np.zeros((h, cap)), o=np.zeros((h, cap, dh), np.float32),
+            o_err=np.zeros((h, cap)), margin=np.zeros((h, cap)), codes=np.zeros((cap, h), np.int64),
         )
 
     def grow(self, cap: int) -> None:

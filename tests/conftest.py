@@ -14,10 +14,6 @@ import pytest
 from hypothesis import settings
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-from vqinc.runtime.sessions import ensure_thread_pool  # noqa: E402
-
-# Model.load creates ORT's process-wide thread pool; create it first so every test's sessions share it.
-ensure_thread_pool(1)
 
 settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=30, deadline=None, derandomize=True)

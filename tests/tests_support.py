@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
+import pytest
 
 # Pieces that exercise the tokenizer: words, spaces, punctuation, newlines, multi-byte characters.
 WORDS = ["the", " proposal", " film", " ", "  ", ",", ".", "\n", "é", "日本", "🙂", "x", " grammar", "-", "'s"]
@@ -26,3 +30,21 @@ def edit_checking_every_step(model, text: str, edits) -> None:
         text = text[:a] + piece + text[b:]
         assert doc.text == text
         assert_same_as_fresh(model, doc)
+
+
+@contextlib.contextmanager
+def kernel_path(path: str):
+    """Run the engine's kernels (lazy update, margins) in C ("native") or numpy ("numpy") inside the block.
+    "native" skips where the kernels were not built, unless VQINC_REQUIRE_KERNELS=1 (make test) says they must be."""
+    from vqinc.runtime import kernels
+
+    if path == "native" and kernels.NATIVE is None:
+        if os.environ.get("VQINC_REQUIRE_KERNELS") == "1":
+            raise AssertionError("VQINC_REQUIRE_KERNELS=1 but the native kernels are not loaded")
+        pytest.skip("native kernels not built")
+    saved = kernels.NATIVE
+    kernels.NATIVE = saved if path == "native" else None
+    try:
+        yield
+    finally:
+        kernels.NATIVE = saved

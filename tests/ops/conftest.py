@@ -15,9 +15,7 @@ OpRunner = Callable[..., list[np.ndarray]]
 
 def _session(model_bytes: bytes, optimize: bool) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    # The runtime creates ORT's process-wide thread pool (tests/conftest.py does so up front);
-    # every session in the process must then use it.
-    options.use_per_session_threads = False
+    options.intra_op_num_threads = 1
     # Compare the function bodies as written, not what ORT's fusions make of them.
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL

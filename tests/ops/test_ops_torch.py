@@ -102,7 +102,7 @@ def test_export_emits_one_node_per_op(exported) -> None:
 def test_export_runs_in_ort_like_torch(exported, n: int) -> None:
     module, model = exported
     options = ort.SessionOptions()
-    options.use_per_session_threads = False  # the process-wide pool (tests/conftest.py)
+    options.intra_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     x = torch.randn(n, 12, generator=torch.Generator().manual_seed(n))

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests_support import kernel_path
 
 from vqinc.export.attend import attend_graph
 from vqinc.runtime.attention import KeyDelta, lazy_update
@@ -110,22 +112,31 @@ def _random_layer(rng, n, spread):
         keys = slots[: r + 1]
         o, s = exact_attention(layer.q[:, b], layer.k[:, keys].transpose(1, 0, 2), layer.v[:, keys].transpose(1, 0, 2))
         code = book.nearest(o[:, None])[0]  # (H, 1)
-        margin, radius = book.margins(o[:, None], code)
+        margin, _ = book.margins(o[:, None], code)
         layer.codes[b] = code[:, 0]
         layer.m[:, b] = s.max(axis=1).astype(np.float32)
         layer.den[:, b] = np.exp(s - layer.m[:, b, None].astype(np.float64)).sum(axis=1)
         layer.den_err[:, b] = 1e-12 * layer.den[:, b]
-        layer.margin[:, b], layer.radius[:, b] = margin[:, 0], radius[:, 0]
+        layer.o[:, b] = o.astype(np.float32)
+        layer.o_err[:, b] = np.linalg.norm(layer.o[:, b].astype(np.float64) - o, axis=-1) * (1 + 1e-9) + 1e-12
+        layer.margin[:, b] = margin[:, 0] - layer.o_err[:, b]
     return layer, pos, slots, book
 
 
+@pytest.mark.parametrize("path", ["native", "numpy"])
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 2**31), n=st.integers(3, 60), spread=st.sampled_from([0.5, 1.0, 2.0, 4.0]),
        n_add=st.integers(0, 4), n_del=st.integers(0, 3), n_mod=st.integers(0, 5),
        nudge=st.sampled_from([1e-3, 0.05, 1.0]))
-def test_kept_codes_are_exactly_right_and_bounds_hold(seed, n, spread, n_add, n_del, n_mod, nudge):
+def test_kept_codes_are_exactly_right_and_bounds_hold(path, seed, n, spread, n_add, n_del, n_mod, nudge):
     """Insert n_add rows, delete n_del rows, and change the k, v of n_mod earlier rows by `nudge`
-    (relative), then check every lazily kept row against float64 brute force."""
+    (relative), then check every lazily kept row against float64 brute force (both the C kernel and
+    the numpy path)."""
+    with kernel_path(path):
+        _check_lazy_update(seed, n, spread, n_add, n_del, n_mod, nudge)
+
+
+def _check_lazy_update(seed, n, spread, n_add, n_del, n_mod, nudge):
     rng = np.random.default_rng(seed)
     layer, pos, slots, book = _random_layer(rng, n, spread)
     row = int(rng.integers(1, n))
@@ -145,18 +156,24 @@ def test_kept_codes_are_exactly_right_and_bounds_hold(seed, n, spread, n_add, n_
                           (layer.k[:, deleted], layer.v[:, deleted], np.full(n_del, row, np.int64)),
                           (old_k, old_v, new_pos[modified]),
                           (layer.k[:, modified], layer.v[:, modified], new_pos[modified]))
-    lazy = np.setdiff1d(order[int(new_pos[modified].min()) if n_mod else row + n_add:], modified)
+    # lazy rows: every unchanged query from the first changed key on (not the inserted or modified rows)
+    lazy = np.setdiff1d(order[int(new_pos[modified].min()) if n_mod else row + n_add:], np.union1d(modified, free))
     before = layer.margin.copy()
-    need = lazy_update(layer, lazy, new_pos[lazy], keys, book, SPEC)
+    codes_before = layer.codes.copy()
+    vmax = np.sqrt(np.einsum("hcd,hcd->hc", layer.v.astype(np.float64), layer.v.astype(np.float64)).max(axis=1))
+    res = lazy_update(layer, lazy, new_pos[lazy], keys, book, SPEC, vmax)
+    need = res.need
+    assert not (res.changed & need).any()
+    assert ((layer.codes[lazy] != codes_before[lazy]).any(axis=1) == res.changed).all()
     for b in lazy[~need]:
         p = int(new_pos[b])
         o, s = exact_attention(layer.q[:, b], layer.k[:, order[: p + 1]].transpose(1, 0, 2),
                                layer.v[:, order[: p + 1]].transpose(1, 0, 2))
         code = layer.codes[b][:, None]
-        assert (book.nearest(o[:, None])[0] == code).all()
-        margin, radius = book.margins(o[:, None], code)
+        assert (book.nearest(o[:, None])[0] == code).all()  # kept or rescored: the exact nearest code
+        margin, _ = book.margins(o[:, None], code)
         assert (margin[:, 0] >= layer.margin[:, b] - 1e-9).all()
-        assert (radius[:, 0] <= layer.radius[:, b] + 1e-9).all()
+        assert (np.linalg.norm(layer.o[:, b].astype(np.float64) - o, axis=-1) <= layer.o_err[:, b] + 1e-12).all()
         den = np.exp(s - layer.m[:, b, None].astype(np.float64)).sum(axis=1)
         assert (np.abs(den - layer.den[:, b]) <= layer.den_err[:, b] + 1e-12 * den).all()
     assert (layer.margin[:, lazy[need]] == before[:, lazy[need]]).all()  # rows to recompute are untouched

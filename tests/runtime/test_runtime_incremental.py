@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests_support import WORDS, edit_checking_every_step
+from tests_support import WORDS, edit_checking_every_step, kernel_path
 
 MODES = ["llama-none", "llama-rope", "opt-learned"]
 
@@ -56,6 +56,15 @@ def edit_sequences(draw):
 @given(case=edit_sequences())
 def test_random_edit_sequences_equal_fresh(loaded, name, case):
     edit_checking_every_step(loaded[name], *case)
+
+
+@pytest.mark.parametrize("name", MODES)
+@settings(max_examples=40)
+@given(case=edit_sequences())
+def test_random_edit_sequences_equal_fresh_on_the_numpy_path(loaded, name, case):
+    """The engine without its C kernels (a machine without a compiler) keeps the same guarantee."""
+    with kernel_path("numpy"):
+        edit_checking_every_step(loaded[name], *case)
 
 
 @pytest.mark.parametrize("name", MODES)
