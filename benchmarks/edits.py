@@ -38,8 +38,10 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from contenders import OrtFull, PrefixKV, TorchFull, TorchPrefixKV, decoder_for  # noqa: E402
 
+from vqinc.runtime import kernels  # noqa: E402
 from vqinc.runtime.model import Model, default_model_dir  # noqa: E402
 from vqinc.runtime.replay import initial_window  # noqa: E402
+from vqinc.runtime.sessions import BULK_ROWS  # noqa: E402
 from vqinc.runtime.stages import suffix_macs  # noqa: E402
 from vqinc.runtime.traces import Edit, read_trace_file  # noqa: E402
 
@@ -49,7 +51,7 @@ BASELINES = ("prefix_kv", "ort_full", "torch_prefix_kv", "torch_full")
 LABELS = {"vqinc": "vqinc", "prefix_kv": "prefix-KV (ORT decoder)", "ort_full": "ORT full",
           "torch_prefix_kv": "PyTorch prefix-KV", "torch_full": "PyTorch full"}
 AGREE_TOL = 1e-3
-QUICK = {"windows": [1024], "docs": 2, "edits": 12, "keystrokes": 30, "torch_every": 5, "warmup": 1}
+QUICK = {"windows": [128, 1024], "docs": 2, "edits": 12, "keystrokes": 30, "torch_every": 5, "warmup": 1}
 
 
 # --- workload -----------------------------------------------------------------------------------------
@@ -217,7 +219,8 @@ def run(args) -> dict:
         "decoder_attention": decoder.model.manifest.info.get("decoder", {}).get("attention"),
         "git": _git(), "machine": platform.machine(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0], "argv": sys.argv, "quick": args.quick, "trace": str(args.trace),
-        "loadavg_before": load_before, "tokenizer_timed_for_baselines": False,
+        "loadavg_before": load_before, "tokenizer_timed_for_baselines": False, "kernels": kernels.kind(),
+        "sessions": f"one thread below {BULK_ROWS} rows, {model.executor.threads} threads above (both engines)",
     }, "modes": {}}
     g = model.manifest.graphs
     one_token = model.num_layers * (g["embed_qkv"].macs_per_row + g["attend"].macs_per_row + g["final"].macs_per_row)
@@ -248,7 +251,8 @@ def run(args) -> dict:
 
 def _stat(v):
     v = np.asarray(v, dtype=np.float64)
-    return {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)), "n": len(v)} if len(v) else None
+    return {"median": float(np.median(v)), "p10": float(np.percentile(v, 10)), "p90": float(np.percentile(v, 90)),
+            "n": len(v)} if len(v) else None
 
 
 def summarize(rows: list[dict], one_token: int) -> dict:
@@ -282,7 +286,7 @@ def summarize(rows: list[dict], one_token: int) -> dict:
 def markdown(results: dict) -> str:
     """The headline table (one row per mode and window) and the per-kind lines."""
     lines = ["| edits | n | count | vqinc ms (med / p90) | prefix-KV ms (med / p90) | ORT full ms | "
-             "torch prefix-KV ms | torch full ms | x vs prefix-KV (med / p90) | x vs ORT full | "
+             "torch prefix-KV ms | torch full ms | x vs prefix-KV (med / p10 / p90) | x vs ORT full (med / p10) | "
              "x vs torch prefix-KV | x vs torch full | MACs x vs full | MACs x vs prefix-KV | edit ampl. | "
              "state MB |", "|" + "---|" * 16]
     for mode, windows in results["modes"].items():
@@ -298,8 +302,10 @@ def markdown(results: dict) -> str:
             cells = [mode, n, s["edits"], f"{f('vqinc_ms')} / {f('vqinc_ms', 'p90')}",
                      f"{f('prefix_kv_ms')} / {f('prefix_kv_ms', 'p90')}", f("ort_full_ms"),
                      f("torch_prefix_kv_ms") + tn, f("torch_full_ms") + tn,
-                     f"{f('x_vs_prefix_kv', fmt='{:.1f}')} / {f('x_vs_prefix_kv', 'p90', fmt='{:.1f}')}",
-                     f("x_vs_ort_full", fmt="{:.1f}"), f("x_vs_torch_prefix_kv", fmt="{:.1f}"),
+                     f"{f('x_vs_prefix_kv', fmt='{:.1f}')} / {f('x_vs_prefix_kv', 'p10', fmt='{:.1f}')} / "
+                     f"{f('x_vs_prefix_kv', 'p90', fmt='{:.1f}')}",
+                     f"{f('x_vs_ort_full', fmt='{:.1f}')} / {f('x_vs_ort_full', 'p10', fmt='{:.1f}')}",
+                     f("x_vs_torch_prefix_kv", fmt="{:.1f}"),
                      f("x_vs_torch_full", fmt="{:.1f}"), f("macs_x_vs_full", fmt="{:.1f}"),
                      f("macs_x_vs_prefix_kv", fmt="{:.1f}"), f("edit_amplification", fmt="{:.1f}"),
                      f"{w['state_bytes_peak'] / 1e6:.1f}"]
@@ -322,7 +328,8 @@ def markdown(results: dict) -> str:
                 lines.append(f"- {mode}, n={n}: " + ", ".join(parts))
     m = results["meta"]
     lines += ["", f"Conditions: onnxruntime {m['onnxruntime']} on {', '.join(m['providers'])}, "
-              f"{m['ort_intra_op_threads']} intra-op threads; prefix-KV decoder attention {m['decoder_attention']}; "
+              f"sessions {m.get('sessions', '?')}; engine kernels {m.get('kernels', '?')}; "
+              f"prefix-KV decoder attention {m['decoder_attention']}; "
               + (f"torch {m['torch']['version']}, {m['torch']['threads']} threads, timed on every "
                  f"{m['torch']['every']}. edit; " if m["torch"] else "torch contenders off; ")
               + f"load average {m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after "
@@ -342,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "model rebuilt from the model directory's full.onnx)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch contenders")
     p.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
-    p.add_argument("--windows", type=int, nargs="+", default=[1024, 4000], help="document windows in tokens")
+    p.add_argument("--windows", type=int, nargs="+", default=[128, 1024, 4000],
+                   help="document windows in tokens (128: short documents, where a fixed cost per edit shows)")
     p.add_argument("--modes", nargs="+", choices=("atomic", "keystroke"), default=["atomic", "keystroke"],
                    help="atomic: the trace's diff hunks; keystroke: each inserted span typed a character at a time")
     p.add_argument("--docs", type=int, default=3, help="documents per window length")

@@ -156,6 +156,7 @@ CLONES static void lazy_rows(LazyArgs *A) {
     exp_many(e, H * n * X);
     double new_den[MAX_HEADS], new_err[MAX_HEADS], new_oerr[MAX_HEADS], new_margin[MAX_HEADS];
     Py_ssize_t new_code[MAX_HEADS];
+    int full[MAX_HEADS];
     double *num = work, *o64 = work + H * dh, *sk = work + H * dh + dh;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t s = slots[i];
@@ -166,6 +167,30 @@ CLONES static void lazy_rows(LazyArgs *A) {
             const float *vh = v + kvh * X * dh, *oold = ostore + at * dh;
             const double *vn = vnorm + kvh * X;
             double den0 = den[at], sl = slack[h];
+            double add = 0.0, rem = 0.0, change = 0.0, moved = 0.0, ev = 0.0;
+            for (Py_ssize_t x = 0; x < X; x++) {
+                double w = ei[x];
+                ev += w * vn[x];
+                if (x < a) add += w;
+                else if (x < a + r) rem += w;
+                else if (x < a + r + M) { change -= w; moved += w; }
+                else { change += w; moved += w; }
+            }
+            double dn = den0 + add - rem + change;
+            double total = add + rem + moved;
+            double err = derr[at] + total * (sl - 1.0) + g6 * (den0 + total) + tiny;
+            double low = dn - err;
+            if (!(low > 0.0 && err <= cancellation * dn)) { bad = 1; break; }
+            /* cheap first: the exact output moves by at most sum w_x (|v_x| + |o|) / den' (|o| <= vmax);
+             * when that keeps the code, o stays as it is and its error bound absorbs the movement */
+            double mv = sl * (ev + vmax[h] * total) / low * (1.0 + 1e-12);
+            if (margin[at] - mv > keep_eps) {
+                new_den[h] = dn; new_err[h] = err; new_oerr[h] = oerr[at] + mv; new_margin[h] = margin[at] - mv;
+                new_code[h] = codes[s * H + h];
+                full[h] = 0;
+                continue;
+            }
+            full[h] = 1;
             double *nm = num + h * dh;
             double onorm = 0.0;
             for (Py_ssize_t d = 0; d < dh; d++) {
@@ -173,7 +198,6 @@ CLONES static void lazy_rows(LazyArgs *A) {
                 onorm += (double)oold[d] * (double)oold[d];
             }
             onorm = sqrt(onorm) * (1.0 + 1e-12);
-            double add = 0.0, rem = 0.0, change = 0.0, moved = 0.0, ev = 0.0;
             for (Py_ssize_t x = 0; x < X; x++) {
                 double w = ei[x];
                 if (w == 0.0) continue;
@@ -181,16 +205,7 @@ CLONES static void lazy_rows(LazyArgs *A) {
                 double sw = removed ? -w : w;
                 const float *vx = vh + x * dh;
                 for (Py_ssize_t d = 0; d < dh; d++) nm[d] += sw * (double)vx[d];
-                ev += w * vn[x];
-                if (x < a) add += w;
-                else if (x < a + r) rem += w;
-                else { change += sw; moved += w; }
             }
-            double dn = den0 + add - rem + change;
-            double total = add + rem + moved;
-            double err = derr[at] + total * (sl - 1.0) + g6 * (den0 + total) + tiny;
-            double low = dn - err;
-            if (!(low > 0.0 && err <= cancellation * dn)) { bad = 1; break; }
             /* |den o + sum(+-e v) - exact numerator| */
             double en_ = derr[at] * onorm + (den0 + derr[at]) * oerr[at] + (sl - 1.0) * sl * ev +
                          gsum * (den0 * onorm + ev) + tiny * vmax[h];
@@ -225,7 +240,7 @@ CLONES static void lazy_rows(LazyArgs *A) {
             Py_ssize_t at = h * cap + s;
             den[at] = new_den[h]; derr[at] = new_err[h]; oerr[at] = new_oerr[h]; margin[at] = new_margin[h];
             codes[s * H + h] = new_code[h];
-            memcpy(ostore + at * dh, onew + h * dh, (size_t)dh * sizeof(float));
+            if (full[h]) memcpy(ostore + at * dh, onew + h * dh, (size_t)dh * sizeof(float));
         }
     }
     A->count = count;
@@ -241,7 +256,9 @@ CLONES static void lazy_rows(LazyArgs *A) {
  * o_err bounds |o - exact output| and grows by what this step can get wrong: the stored den and o
  * (den_err |o| + (den + den_err) o_err), every weight's relative error (slack - 1), float64 rounding,
  * the exact output's distance to o' through den' (vmax err' / den': the exact output is a mean of
- * values, so its norm is at most vmax) and the float32 rounding of o'. The code is kept while
+ * values, so its norm is at most vmax) and the float32 rounding of o'. First the cheap test: the exact
+ * output moves by at most sum e_x (|v_x| + vmax) / den'; if the margin covers that, o is left as it is
+ * and o_err grows by the movement (no pass over dh). Otherwise o' is computed, and the code is kept while
  * margin - |o' - o| - o_err - o_err' stays above keep_eps (the exact output moved by at most that);
  * else the row is rescored against the codebook from o': its nearest code (maybe a new one) is
  * proven when its facet distance minus o_err' is above keep_eps. A row of which any head is not
@@ -403,6 +420,97 @@ done:
     return result;
 }
 
+/* The loops of attend64: per row and head, float64 scores over the visible keys, softmax, output. */
+CLONES static void attend64_rows(const float *q, const float *k, const float *v, const int64_t *pos,
+                                 const int64_t *slots, double *o, double *mout, double *dout, double *s,
+                                 Py_ssize_t H, Py_ssize_t Hkv, Py_ssize_t cap, Py_ssize_t dh, Py_ssize_t R,
+                                 double scale) {
+    Py_ssize_t group = H / Hkv;
+    for (Py_ssize_t i = 0; i < R; i++) {
+        int64_t p = pos[slots[i]];
+        for (Py_ssize_t h = 0; h < H; h++) {
+            const float *qh = q + (h * cap + slots[i]) * dh;
+            const float *kh = k + (h / group) * cap * dh, *vh = v + (h / group) * cap * dh;
+            double qd[1024];
+            for (Py_ssize_t d = 0; d < dh; d++) qd[d] = (double)qh[d] * scale;
+            double m = -INFINITY;
+            for (Py_ssize_t c = 0; c < cap; c++) {
+                if (pos[c] < 0 || pos[c] > p) { s[c] = -INFINITY; continue; }
+                const float *kc = kh + c * dh;
+                double acc[4] = {0, 0, 0, 0};
+                Py_ssize_t d = 0;
+                for (; d + 4 <= dh; d += 4)
+                    for (int j = 0; j < 4; j++) acc[j] += qd[d + j] * (double)kc[d + j];
+                double z = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+                for (; d < dh; d++) z += qd[d] * (double)kc[d];
+                s[c] = z;
+                m = z > m ? z : m;
+            }
+            for (Py_ssize_t c = 0; c < cap; c++) s[c] = s[c] == -INFINITY ? -1e300 : s[c] - m;
+            exp_many(s, cap);
+            double den = 0.0, *oh = o + (h * R + i) * dh;
+            for (Py_ssize_t d = 0; d < dh; d++) oh[d] = 0.0;
+            for (Py_ssize_t c = 0; c < cap; c++) {
+                double w = s[c];
+                if (w == 0.0) continue;
+                den += w;
+                const float *vc = vh + c * dh;
+                for (Py_ssize_t d = 0; d < dh; d++) oh[d] += w * (double)vc[d];
+            }
+            for (Py_ssize_t d = 0; d < dh; d++) oh[d] /= den;
+            mout[h * R + i] = m;
+            dout[h * R + i] = den;
+        }
+    }
+}
+
+/* attend64(q, k, v, pos, slots, o, m, den, H, Hkv, cap, dh, R, scale)
+ *
+ * Full attention of rows `slots` over every visible key (0 <= pos <= the row's position) in float64:
+ * what attention._attention64 computes in numpy, for all heads of a few rows at once. q (H, cap, dh),
+ * k, v (Hkv, cap, dh) f32; pos (cap,) i64; out o (H, R, dh), m, den (H, R) f64. Every row needs at least
+ * one visible key (itself). Its errors are those of the float64 `refine` path (attention_bounds with
+ * u = 2^-53; the exp is within a few float64 ulps). */
+static PyObject *attend64(PyObject *self, PyObject *args) {
+    Py_buffer bq, bk, bv, bpos, bslots, bo, bm, bden;
+    Py_ssize_t H, Hkv, cap, dh, R;
+    double scale;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*w*w*nnnnnd", &bq, &bk, &bv, &bpos, &bslots, &bo, &bm, &bden, &H, &Hkv,
+                          &cap, &dh, &R, &scale))
+        return NULL;
+    Py_buffer *all[] = {&bq, &bk, &bv, &bpos, &bslots, &bo, &bm, &bden};
+    PyObject *result = NULL;
+    if (!(H > 0 && Hkv > 0 && H % Hkv == 0 && cap > 0 && dh > 0 && dh <= 1024 && R >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "attend64: inconsistent dimensions");
+        goto done;
+    }
+    if (!(check_len(&bq, H * cap * dh, 4, "q") && check_len(&bk, Hkv * cap * dh, 4, "k") &&
+          check_len(&bv, Hkv * cap * dh, 4, "v") && check_len(&bpos, cap, 8, "pos") &&
+          check_len(&bslots, R, 8, "slots") && check_len(&bo, H * R * dh, 8, "o") && check_len(&bm, H * R, 8, "m") &&
+          check_len(&bden, H * R, 8, "den")))
+        goto done;
+    const int64_t *pos = bpos.buf, *slots = bslots.buf;
+    for (Py_ssize_t i = 0; i < R; i++)
+        if (slots[i] < 0 || slots[i] >= cap || pos[slots[i]] < 0) {
+            PyErr_Format(PyExc_ValueError, "attend64: slot %lld is not a row of the document", (long long)slots[i]);
+            goto done;
+        }
+    double *sbuf = PyMem_RawMalloc((size_t)cap * sizeof(double));
+    if (sbuf == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    attend64_rows(bq.buf, bk.buf, bv.buf, pos, slots, bo.buf, bm.buf, bden.buf, sbuf, H, Hkv, cap, dh, R, scale);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(sbuf);
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (size_t b = 0; b < sizeof(all) / sizeof(all[0]); b++) PyBuffer_Release(all[b]);
+    return result;
+}
+
 /* exp(buffer of float64) in place, as the lazy update computes its weights (for the tests of its accuracy) */
 static PyObject *exp_inplace(PyObject *self, PyObject *args) {
     Py_buffer b;
@@ -418,6 +526,7 @@ static PyObject *exp_inplace(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
+    {"attend64", attend64, METH_VARARGS, "float64 attention of a few rows over their visible keys."},
     {"margins", margins, METH_VARARGS, "Codebook margins and radii of float64 rows (see numerics.py)."},
     {"exp_inplace", exp_inplace, METH_VARARGS, "exp of a float64 buffer, in place (the lazy update's exp)."},
     {"lazy_update", lazy_update, METH_VARARGS, "Lazy update of attention summaries (see attention.py)."},

@@ -29,6 +29,10 @@ OVERFLOW = 80.0
 """A key whose weight exp(s − m) exceeds e^80 (near float32's limit) is left to a full recomputation."""
 CHUNK_ROWS = 192
 """Recomputes of more rows than this run in chunks over the keys each chunk can see (a causal saving)."""
+NATIVE_ROWS = 16
+"""Recomputes of at most this many rows run in float64 in C (_kernels.c attend64) instead of the `attend`
+graph: for a handful of rows the graph call costs more than the arithmetic, and float64 rows are
+almost never undecided."""
 CANCELLATION = 0.25
 """A row whose denominator's error bound exceeds this fraction of it is recomputed (the movement bound
 divides by den − err, so it stays sound below this; the limit only keeps it from growing useless)."""
@@ -201,7 +205,15 @@ def recompute_rows(run_attend: AttendFn, run_refine: AttendFn, layer: LayerState
     near-tie row runs the very same computation on the very same inputs, so summation order cannot
     split them."""
     rows = _Rows(layer, slots, kmax, vmax, codebook, spec)
-    if len(slots) <= CHUNK_ROWS:  # few rows: attend over the whole key buffer, no copies
+    if kernels.NATIVE is not None and len(slots) <= NATIVE_ROWS:  # a few rows: float64 in C, no graph call
+        h, r = spec.num_heads, len(slots)
+        o, m, den = np.empty((h, r, spec.head_dim)), np.empty((h, r)), np.empty((h, r))
+        kernels.NATIVE.attend64(layer.q, layer.k, layer.v, pos, np.ascontiguousarray(slots, np.int64), o, m, den,
+                                h, spec.num_kv_heads, layer.k.shape[1], spec.head_dim, r,
+                                float(np.float32(spec.head_dim**-0.5)))
+        codes, s = codebook.nearest(o)
+        rows.store(slice(None), np.arange(r), o, m, den, codes, U64, layer.k.shape[1], s)
+    elif len(slots) <= CHUNK_ROWS:  # few rows: attend over the whole key buffer, no copies
         o, m, den, codes = run_attend(layer.q[:, slots], layer.k, layer.v, pos[slots], pos)
         rows.store(slice(None), np.arange(len(slots)), o.astype(np.float64), m, den, codes.T, U32, layer.k.shape[1])
     else:  # many rows (a rebuild, a dense suffix): chunks in position order, each over the keys it can see

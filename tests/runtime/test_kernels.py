@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vqinc.runtime import kernels
+from vqinc.runtime.numerics import EXP_ULPS
 
 if kernels.NATIVE is None:
     if os.environ.get("VQINC_REQUIRE_KERNELS") == "1":
@@ -17,14 +18,15 @@ if kernels.NATIVE is None:
 K = kernels.NATIVE
 
 
-def test_exp_is_within_1e_12_relative_over_the_whole_range():
-    """The bounds allow EXP_ULPS float32 ulps (~1e-6) per weight; the kernel's exp must stay far inside."""
+def test_exp_is_within_a_few_float64_ulps_over_the_whole_range():
+    """The float64 paths' bounds allow EXP_ULPS (16) float64 ulps per weight (attend64 relies on it) and the
+    lazy update's allow 16 float32 ulps: the kernel's exp must stay inside the first."""
     rng = np.random.default_rng(0)
     z = np.concatenate([np.linspace(-700, 80, 200_001), rng.uniform(-60, 5, 200_000), [0.0, -1e-300, 1e-17]])
     e = z.copy()
     K.exp_inplace(e)
     ref = np.exp(z.astype(np.longdouble))
-    assert float((np.abs(e - ref) / ref).max()) < 1e-12
+    assert float((np.abs(e - ref) / ref).max()) < EXP_ULPS * 2.0**-53
 
 
 def test_exp_underflows_to_zero_below_minus_700():
@@ -63,7 +65,8 @@ def test_lazy_update_runs_on_consistent_buffers():
     assert (args[DEN][:, 3] == 1).all()  # a slot that is not among the rows is untouched
     args[NAMES.index("margin")][:] = -1.0  # no margin left: rescored from o' = 0 against the codebook
     args[DEN][:] = 1.0
-    K.lazy_update(*args)
+    args[NAMES.index("o_err")][:] = 0.0  # the first call's cheap keep grew it by the movement bound
+    assert K.lazy_update(*args) == 0
     c = np.random.default_rng(0).normal(size=(2, 5, 8))
     nearest = np.argmin((c**2).sum(-1), axis=1)  # the code nearest to the origin, per head
     assert (args[NAMES.index("codes")][:3] == nearest).all()
@@ -115,3 +118,36 @@ def test_margins_agree_with_the_numpy_path(seed):
             m0, r0 = book.margins(sub_o, sub_codes, heads)
         np.testing.assert_allclose(m1, m0, rtol=0, atol=1e-12)
         np.testing.assert_allclose(r1, r0, rtol=1e-12, atol=1e-12)
+
+
+def test_attend64_matches_the_numpy_float64_path():
+    """attend64 (C) and attention._attention64 (numpy) compute the same float64 attention: equal far below
+    the float64 error bound, with free slots (pos -1) and keys after the row excluded."""
+    from vqinc.runtime.attention import _attention64
+    from vqinc.runtime.state import LayerState
+
+    rng = np.random.default_rng(1)
+    H, HKV, DH, cap = 4, 2, 16, 40
+
+    class Spec:
+        num_heads, num_kv_heads, head_dim, group, d_model = H, HKV, DH, H // HKV, H * DH
+
+    layer = LayerState.empty(cap, Spec)
+    layer.q[:] = rng.normal(size=layer.q.shape) * 2
+    layer.k[:] = rng.normal(size=layer.k.shape) * 2
+    layer.v[:] = rng.normal(size=layer.v.shape)
+    pos = np.full(cap, -1, np.int64)
+    live = rng.permutation(cap)[:30]
+    pos[live] = np.arange(30)
+    rows = live[[0, 7, 29]]
+    o, m, den = np.empty((H, 3, DH)), np.empty((H, 3)), np.empty((H, 3))
+    K.attend64(layer.q, layer.k, layer.v, pos, rows.astype(np.int64), o, m, den, H, HKV, cap, DH, 3,
+               float(np.float32(DH**-0.5)))
+    for h in range(H):
+        o_ref, m_ref, den_ref = _attention64(layer, h, rows, pos, Spec)
+        np.testing.assert_allclose(o[h], o_ref, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(m[h], m_ref, rtol=1e-14, atol=0)
+        np.testing.assert_allclose(den[h], den_ref, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="not a row"):
+        K.attend64(layer.q, layer.k, layer.v, pos, np.array([np.setdiff1d(np.arange(cap), live)[0]]), o[:, :1].copy(),
+                   m[:, :1].copy(), den[:, :1].copy(), H, HKV, cap, DH, 1, 0.25)
