@@ -5,7 +5,7 @@ chunking of a text, from scratch) and `rechunk` (the same result after an edit, 
 around the edit). It knows nothing of models, documents or ORT; `chunked.py` builds on it.
 
 The rule (FastCDC / restic style, restricted to line ends so chunks stay readable):
-- a text of at most `single_max_chars` characters whose tokens fit `max_tokens` is one chunk;
+- a text of at most `single_max_chars` characters and `single_max_tokens` tokens is one chunk;
 - otherwise, from a chunk's start B, the chunk ends at the first line end q (q = index after a
   "\\n") with q - B >= `min_chars` where the CRC-32 of the `hash_window` characters before q is
   0 mod `period`; with none by B + `max_chars`, at the last line end (else space, else character)
@@ -37,42 +37,53 @@ class ChunkConfig:
     """Hard limit of tokens per chunk (the model's window less the BOS row)."""
     min_chars: int = 1024
     """No natural cut closer than this to the chunk's start."""
-    period: int = 47
+    period: int = 31
     """A line end is a natural cut with probability 1/period (its hash is 0 mod period)."""
-    max_chars: int = 12285
+    max_chars: int = 8184
     """A chunk with no natural cut by this many characters is cut at the last line end before it."""
     hash_window: int = 16
     """Characters before a line end that decide whether it is a natural cut."""
-    single_max_chars: int = 16380
-    """A text of at most this many characters whose tokens fit `max_tokens` is one chunk (exactly what a
+    single_max_chars: int = 8192
+    """A text of at most this many characters and `single_max_tokens` tokens is one chunk (exactly what a
     plain document gives)."""
+    single_max_tokens: int | None = None
+    """See `single_max_chars`; None: `max_tokens`."""
     max_doc_chars: int = 1_000_000
     """Longest document accepted (a larger text or paste is refused, nothing changes)."""
 
     def __post_init__(self) -> None:
+        if self.single_max_tokens is None:
+            object.__setattr__(self, "single_max_tokens", self.max_tokens)
         for name in ("max_tokens", "min_chars", "period", "max_chars", "hash_window", "single_max_chars",
-                     "max_doc_chars"):
+                     "single_max_tokens", "max_doc_chars"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"ChunkConfig.{name} must be an int >= 1, got {v!r}")
         if self.max_tokens < 8:
             raise ValueError(f"ChunkConfig.max_tokens must be >= 8 (one character can take 4 tokens), "
                              f"got {self.max_tokens}")
+        if self.single_max_tokens > self.max_tokens:
+            raise ValueError(f"ChunkConfig.single_max_tokens ({self.single_max_tokens}) must be <= max_tokens "
+                             f"({self.max_tokens})")
         if self.max_chars <= self.min_chars:
             raise ValueError(f"ChunkConfig.max_chars ({self.max_chars}) must exceed min_chars ({self.min_chars})")
 
     @classmethod
     def for_window(cls, max_tokens: int) -> ChunkConfig:
-        """Defaults for a model taking `max_tokens` tokens: chunks of about min(1024, max_tokens / 4) tokens
-        of English text (about 3.4 characters per token with the bundled tokenizer)."""
+        """Defaults for a model taking `max_tokens` tokens per window. With T = min(1024, max_tokens // 4):
+        one chunk up to min(1024, max_tokens) tokens (and 8 x that in characters); beyond, natural cuts at
+        least T characters apart with a line end's chance 1/(T/32), forced by 8 T characters; on text of
+        ~50-character lines that is T + 1.6 T characters per chunk on average (2,600 characters, about
+        770 tokens of PEP text with the bundled tokenizer at T = 1,023)."""
         target = max(8, min(1024, max_tokens // 4))
-        return cls(max_tokens=max_tokens, min_chars=target, period=max(2, target * 12 // 256),
-                   max_chars=max(target + 1, 3 * max_tokens), single_max_chars=4 * max_tokens)
+        single = min(1024, max_tokens)
+        return cls(max_tokens=max_tokens, min_chars=target, period=max(2, target // 32),
+                   max_chars=8 * target, single_max_chars=8 * single, single_max_tokens=single)
 
 
 def fits_single(text: str, cfg: ChunkConfig, count: Counter) -> bool:
     """Is `text` one chunk (short enough in characters, and its tokens fit)?"""
-    return len(text) <= cfg.single_max_chars and count(0, len(text)) <= cfg.max_tokens
+    return len(text) <= cfg.single_max_chars and count(0, len(text)) <= cfg.single_max_tokens  # type: ignore[operator]
 
 
 def chunk_bounds(text: str, cfg: ChunkConfig, count: Counter) -> list[int]:
