@@ -117,10 +117,13 @@ class Model:
         a `ChunkedDocument` (for a document that may grow past the window: editors, replays); False always a
         plain `Document` (a longer text is refused). `chunking`: where a ChunkedDocument cuts its text."""
         from vqinc.runtime.chunked import ChunkedDocument
+        from vqinc.runtime.chunking import ChunkConfig
         from vqinc.runtime.document import Document, check_text
 
         if chunked not in (None, True, False):
             raise TypeError(f"chunked must be None, True or False, got {chunked!r}")
+        if chunked is None and isinstance(text, str) and len(text) > (chunking or ChunkConfig).max_doc_chars:
+            chunked = True  # refused by ChunkedDocument at once, without tokenising the whole text first
         if chunked is None:
             check_text(text)
             fits = len(self.tokenizer.encode(text, add_special_tokens=False).ids) + 1 <= self.max_positions

@@ -77,7 +77,8 @@ def test_boundaries_before_an_edit_stay(data):
     new_text, a, _, _ = apply(text, *data.draw(edits(text)))
     new = bounds(new_text)
     if len(old) > 2 and len(new) > 2:  # both chunked by content (not the single-chunk rule)
-        assert [x for x in new if x <= a] == [x for x in old if x <= a]
+        # the cuts (not the text's end) at or before the edit are where they were
+        assert [x for x in new[:-1] if x <= a] == [x for x in old[:-1] if x <= a]
 
 
 @given(st.text(alphabet="\U0001f600\u00e9a", min_size=200, max_size=400))
