@@ -159,7 +159,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def _print_revision(r) -> None:
     cost = (f"{r.ms / r.num_edits:7.2f} ms/edit  ops saved {r.full_macs / max(r.macs, 1):6.1f}x"
-            if r.num_edits else "no edit inside the window")
+            if r.num_edits else "no edit")
     print(f"{r.doc_id[:24]:<24} rev {r.revision[:10]:<10} {r.num_edits:4d} edits  {r.num_tokens:5d} tok  "
           f"{r.label:<16} p={r.prob:.3f}  {cost}")
 
@@ -234,10 +234,36 @@ def cmd_demo(a: argparse.Namespace) -> int:
     for trace in traces:
         truth = f", true label: {labels[trace.doc_id]}" if trace.doc_id in labels else ""
         print(f"\n{trace.doc_id}: {len(trace.revisions)} revisions, {trace.num_edits} edits{truth}")
-        replay_trace(model, trace, max_tokens=a.max_tokens, summary=summary, on_revision=_print_revision,
+        e0, r0 = len(summary.edits), len(summary.revisions)
+        show = _print_revision if a.verbose else _print_label_change
+        replay_trace(model, trace, max_tokens=a.max_tokens, summary=summary, on_revision=show,
                      max_revisions=a.max_revisions, check=a.check)
+        _print_document_summary(summary, e0, r0)
     print(summary.table())
     return 0
+
+
+def _print_label_change(r) -> None:
+    if r.label_changed:
+        print(f"  rev {r.revision[:10]:<10} {r.prev_label} -> {r.label} (p={r.prob:.3f}), {r.num_edits} edits, "
+              f"{r.num_tokens} tokens")
+
+
+def _print_document_summary(summary, e0: int, r0: int) -> None:
+    """One line per document: revisions, edits, label changes, ms per edit, ops saved."""
+    import statistics
+
+    revs, edits = summary.revisions[r0:], summary.edits[e0:]
+    if not revs:
+        print("  no revisions replayed")
+        return
+    changes = sum(r.label_changed for r in revs)
+    ms = statistics.median(e.wall_ms for e in edits) if edits else 0.0
+    saved = sum(e.full_macs for e in edits) / max(sum(e.macs for e in edits), 1)
+    last = revs[-1]
+    print(f"  {len(revs)} revisions, {len(edits)} edits, {changes} label changes; final label {last.label} "
+          f"(p={last.prob:.3f}), {last.num_tokens} tokens in {last.num_chunks} chunks; median {ms:.2f} ms per edit, "
+          f"ops saved {saved:.1f}x")
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -301,12 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     replay_opts = argparse.ArgumentParser(add_help=False)
-    replay_opts.add_argument("--max-tokens", type=int, default=1024, help="document window in tokens")
+    replay_opts.add_argument("--max-tokens", type=int, default=None,
+                             help="follow a window of this many tokens instead of the whole document (benchmarks "
+                                  "that need a fixed n)")
     replay_opts.add_argument("--max-revisions", type=int, default=None)
     replay_opts.add_argument("--limit", type=int, default=None, help="documents to read from a trace file")
     replay_opts.add_argument("--trace", default=None, help="revision trace (.jsonl or .jsonl.gz)")
     replay_opts.add_argument("--git", default=None, help="a file inside a git repository: replay its history")
     replay_opts.add_argument("--live", action="store_true", help="print a line per revision")
+    replay_opts.add_argument("--verbose", action="store_true",
+                             help="demo: a line per revision (default: only the revisions where the label changes)")
     replay_opts.add_argument("--check", action="store_true",
                              help="after each revision compare with a fresh build (codes, logits)")
     rp = sub.add_parser("replay", parents=[common, replay_opts], help="replay real edit histories")

@@ -215,7 +215,7 @@ class Document:
     def _check_length(self, n: int) -> None:
         if n + 1 > self.model.max_positions:
             raise ValueError(f"the document would be {n} tokens; this model takes at most "
-                             f"{self.model.max_positions - 1} (cut the text or split it into windows)")
+                             f"{self.model.max_positions - 1} (model.document(text, chunked=True) takes any length)")
 
     def _build(self, ids: list[int]) -> DocState:
         m = self.model

@@ -17,6 +17,8 @@ from vqinc.runtime.executor import Executor
 from vqinc.runtime.manifest import Manifest, ModelDirError, load_manifest
 
 if TYPE_CHECKING:
+    from vqinc.runtime.chunked import ChunkedDocument
+    from vqinc.runtime.chunking import ChunkConfig
     from vqinc.runtime.document import Document
 
 WARMUP_TEXT = ("A short text that every stage graph sees once at load, so that a user's first edit does "
@@ -108,11 +110,25 @@ class Model:
         return self.executor.providers_in_use()
 
     # -- documents ---------------------------------------------------------------------------
-    def document(self, text: str = "") -> Document:
-        """A new incremental document holding `text`."""
-        from vqinc.runtime.document import Document
+    def document(self, text: str = "", chunked: bool | None = None,
+                 chunking: ChunkConfig | None = None) -> Document | ChunkedDocument:
+        """A new incremental document holding `text`. `chunked`: None (default) gives a plain `Document` when
+        the text fits the model's window and a `ChunkedDocument` (any length) when it does not; True always
+        a `ChunkedDocument` (for a document that may grow past the window: editors, replays); False always a
+        plain `Document` (a longer text is refused). `chunking`: where a ChunkedDocument cuts its text."""
+        from vqinc.runtime.chunked import ChunkedDocument
+        from vqinc.runtime.chunking import ChunkConfig
+        from vqinc.runtime.document import Document, check_text
 
-        return Document(self, text)
+        if chunked not in (None, True, False):
+            raise TypeError(f"chunked must be None, True or False, got {chunked!r}")
+        if chunked is None and isinstance(text, str) and len(text) > (chunking or ChunkConfig).max_doc_chars:
+            chunked = True  # refused by ChunkedDocument at once, without tokenising the whole text first
+        if chunked is None:
+            check_text(text)
+            fits = len(self.tokenizer.encode(text, add_special_tokens=False).ids) + 1 <= self.max_positions
+            chunked = not fits
+        return ChunkedDocument(self, text, chunking) if chunked else Document(self, text)
 
     def document_ids(self, ids: Sequence[int]) -> Document:
         """A document built from token ids (BOS excluded) rather than text."""
@@ -120,14 +136,19 @@ class Model:
 
         return Document(self, "", _ids=check_ids(ids, self.vocab_size))
 
-    def edit_many(self, edits: Sequence[tuple[Document, int, int, str]]) -> list[EditStats]:
+    def edit_many(self, edits: Sequence[tuple[Document | ChunkedDocument, int, int, str]]) -> list[EditStats]:
         """Apply character edits `(document, start, end, text)` to several documents, sharing the
         row-wise graph calls between them. Each result equals editing that document alone; a document
         may appear more than once (its edits apply in order). All edits are validated first: an invalid
         one raises and no document changes."""
-        from vqinc.runtime.document import edit_many
+        from vqinc.runtime.chunked import ChunkedDocument, edit_many
 
-        return edit_many(self, edits)
+        if isinstance(edits, Sequence) and any(isinstance(e, (tuple, list)) and e and isinstance(e[0], ChunkedDocument)
+                                               for e in edits):
+            return edit_many(self, edits)
+        from vqinc.runtime.document import edit_many as edit_plain
+
+        return edit_plain(self, edits)
 
     def classify(self, text: str) -> tuple[str, np.ndarray]:
         """One-shot: (label, probabilities)."""

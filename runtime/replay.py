@@ -1,9 +1,10 @@
 """Replay of real edit histories through incremental documents, with per-edit statistics.
 
-Shared by `vqinc replay`, `vqinc demo` and the benchmarks. A long text is followed through an
-`EditWindow` of at most `max_tokens` tokens; edits outside the window do not touch the document (a text
-that fits is one window: every edit reaches it). A trace whose edits do not fit its text is refused
-before anything runs (`Trace.check`).
+Shared by `vqinc replay`, `vqinc demo` and the benchmarks. By default the whole document is replayed
+(a `ChunkedDocument`: any length, every edit applied). With `max_tokens` (benchmarks that need a fixed
+n) a long text is followed through an `EditWindow` of at most that many tokens instead; edits outside
+the window do not touch the document (a text that fits is one window: every edit reaches it). A trace
+whose edits do not fit its text is refused before anything runs (`Trace.check`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ class RevisionResult:
     macs: int
     full_macs: int
     num_tokens: int
+    prev_label: str = ""
+    """The label before this revision (the document's label after the previous one, or its base text's)."""
+    num_chunks: int = 1
+
+    @property
+    def label_changed(self) -> bool:
+        return self.label != self.prev_label
 
 
 @dataclass
@@ -57,7 +65,8 @@ class ReplaySummary:
         full = np.array([e.full_macs for e in self.edits], dtype=np.float64)
         toks = np.array([e.num_tokens for e in self.edits])
         rows = [
-            ("atomic edits replayed", f"{len(self.edits)} ({self.skipped_edits} outside the window)"),
+            ("atomic edits replayed", f"{len(self.edits)}" + (f" ({self.skipped_edits} outside the window)"
+                                                              if self.skipped_edits else "")),
             ("revisions", f"{len(self.revisions)}"),
             ("document tokens (median)", f"{np.median(toks):.0f}"),
             ("ms per edit (median / p90)", f"{np.median(ms):.2f} / {np.percentile(ms, 90):.2f}"),
@@ -90,10 +99,10 @@ def initial_window(model: Model, text: str, max_tokens: int, center: int | None 
     return EditWindow(lo_char, hi_char)
 
 
-def check_replay_args(max_tokens: int, max_revisions: int | None = None) -> None:
-    """ValueError unless `max_tokens` is an int >= 1 and `max_revisions` None or an int >= 0."""
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+def check_replay_args(max_tokens: int | None, max_revisions: int | None = None) -> None:
+    """ValueError unless `max_tokens` is None or an int >= 1 and `max_revisions` None or an int >= 0."""
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be None (the whole document) or an integer >= 1, got {max_tokens!r}")
     if max_revisions is not None and (isinstance(max_revisions, bool) or not isinstance(max_revisions, int)
                                       or max_revisions < 0):
         raise ValueError(f"max_revisions must be None or an integer >= 0, got {max_revisions!r}")
@@ -102,17 +111,20 @@ def check_replay_args(max_tokens: int, max_revisions: int | None = None) -> None
 def replay_trace(
     model: Model,
     trace: Trace,
-    max_tokens: int = 1024,
+    max_tokens: int | None = None,
     summary: ReplaySummary | None = None,
     on_revision: Callable[[RevisionResult], None] | None = None,
     max_revisions: int | None = None,
     check: bool = False,
 ) -> ReplaySummary:
-    """Apply every atomic edit of `trace` to a windowed document; collect stats per edit and revision.
-    ValueError (before any work) for bad arguments or an edit that does not fit the text it applies to."""
+    """Apply every atomic edit of `trace` to the whole document (or, with `max_tokens`, to a window of that
+    many tokens); collect stats per edit and revision. ValueError (before any work) for bad arguments or an
+    edit that does not fit the text it applies to."""
     check_replay_args(max_tokens, max_revisions)
     trace.check()
     summary = summary or ReplaySummary()
+    if max_tokens is None:
+        return _replay_whole(model, trace, summary, on_revision, max_revisions, check)
     text = trace.base
     edits_all = [e for rev in trace.revisions for e in rev.edits]
     center = int(np.median([e.at for e in edits_all])) if edits_all else None
@@ -144,12 +156,51 @@ def replay_trace(
             summary.checked_revisions += 1
             summary.code_flips += int((fresh.codes != doc.codes).sum())
             summary.max_logit_diff = max(summary.max_logit_diff, float(np.abs(fresh.logits - doc.logits).max()))
-        if doc.label != prev_label:
-            summary.label_changes += 1
-            prev_label = doc.label
         res = RevisionResult(trace.doc_id, str(rev.id), len(summary.edits) - n0, doc.label,
                              float(doc.probs.max()), (time.perf_counter() - t0) * 1e3, macs, full,
-                             len(doc.token_ids))
+                             len(doc.token_ids), prev_label)
+        if res.label_changed:
+            summary.label_changes += 1
+            prev_label = doc.label
+        summary.revisions.append(res)
+        if on_revision:
+            on_revision(res)
+    return summary
+
+
+def _replay_whole(model: Model, trace: Trace, summary: ReplaySummary,
+                  on_revision: Callable[[RevisionResult], None] | None, max_revisions: int | None,
+                  check: bool) -> ReplaySummary:
+    """`replay_trace` on the whole document: a ChunkedDocument, every edit applied as it is."""
+    from vqinc.runtime.chunked import ChunkedDocument
+
+    doc = summary.document = model.document(trace.base, chunked=True)
+    assert isinstance(doc, ChunkedDocument)
+    prev_label = doc.label
+    for k, rev in enumerate(trace.revisions):
+        if max_revisions is not None and k >= max_revisions:
+            break
+        t0, macs, full = time.perf_counter(), 0, 0
+        for e in rev.edits:
+            st = doc.edit(e.at, e.at + e.delete, e.insert)
+            summary.edits.append(st)
+            macs, full = macs + st.macs, full + st.full_macs
+        if check:  # the core invariant, chunk by chunk: incremental == a fresh build of the same text
+            fresh = ChunkedDocument(model, doc.text, doc.config)
+            summary.checked_revisions += 1
+            if fresh.bounds != doc.bounds:
+                raise AssertionError(f"{trace.doc_id} rev {rev.id}: chunks differ from a fresh chunking")
+            summary.code_flips += sum(int((a != b).sum()) for a, b in zip(fresh.chunk_codes(), doc.chunk_codes(),
+                                                                          strict=True))
+            diffs = [np.abs(a - b).max() for a, b in zip(fresh.chunk_logits(), doc.chunk_logits(), strict=True)]
+            summary.max_logit_diff = max(summary.max_logit_diff, float(np.abs(fresh.logits - doc.logits).max()),
+                                         *map(float, diffs))
+        res = RevisionResult(trace.doc_id, str(rev.id), len(rev.edits), doc.label, float(doc.probs.max()),
+                             (time.perf_counter() - t0) * 1e3, macs, full, doc.num_tokens, prev_label,
+                             len(doc.bounds) - 1)
+        if res.label_changed:
+            summary.label_changes += 1
+            prev_label = doc.label
         summary.revisions.append(res)
         if on_revision:
             on_revision(res)

@@ -7,8 +7,9 @@ returns a `concurrent.futures.Future` of a `Result`. One worker thread owns the 
 strictly in order, and edits of several documents that arrive together go through the engine's
 many-documents path (`model.edit_many`) when the model has one, else one `doc.edit` each.
 
+Documents are `ChunkedDocument`s (any length: a text past the model's window is cut into chunks).
 The client's text is the truth (an editor never takes an edit back). When the model refuses an edit
-(the document would exceed its window of tokens) the manager keeps the client's text beside the stale
+(the document would exceed `ChunkConfig.max_doc_chars`) the manager keeps the client's text beside the stale
 document and answers with an error; the first later edit that fits re-synchronises with
 `doc.set_text`. This module imports no server library: it is testable with the model alone.
 """
@@ -344,7 +345,7 @@ class DocumentManager:
         t0 = time.perf_counter()
         try:
             if rec.doc is None:
-                rec.doc = self.model.document(text)
+                rec.doc = self.model.document(text, chunked=True)
                 stats = rec.doc.stats
             else:
                 stats = rec.doc.set_text(text)

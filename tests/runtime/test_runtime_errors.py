@@ -56,7 +56,10 @@ def test_too_long_text_is_refused_without_change(loaded):
         doc.edit(0, 0, "grammar keyword 日本 " * 200)
     _assert_unchanged(doc, snap)
     with pytest.raises(ValueError, match="at most"):
-        model.document("grammar keyword 日本 " * 200)
+        model.document("grammar keyword 日本 " * 200, chunked=False)
+    from vqinc.runtime.chunked import ChunkedDocument
+
+    assert isinstance(model.document("grammar keyword 日本 " * 200), ChunkedDocument)  # by default: chunked
 
 
 def test_bad_token_edits(loaded):

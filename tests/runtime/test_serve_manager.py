@@ -18,8 +18,8 @@ from vqinc.runtime.serve.manager import DocumentManager, LimitError, NotOpenErro
 
 
 def assert_result_is_fresh(model, res, text: str) -> None:
-    """A manager result equals `model.document(text)`: label, probabilities and logits within 1e-4."""
-    ref = model.document(text)
+    """A manager result equals `model.document(text, chunked=True)`: label, probabilities and logits within 1e-4."""
+    ref = model.document(text, chunked=True)
     assert res.error is None, res.error
     assert res.label == ref.label
     np.testing.assert_allclose(res.logits, ref.logits, atol=1e-4, rtol=0)
@@ -39,9 +39,9 @@ class ManyModel:
     def __getattr__(self, name):
         return getattr(self._m, name)
 
-    def document(self, text=""):
+    def document(self, text="", chunked=None):
         self.gate.wait(30)
-        return self._m.document(text)
+        return self._m.document(text, chunked=chunked)
 
     def edit_many(self, edits):
         self.calls.append(len(edits))
@@ -117,23 +117,24 @@ def test_limits_are_clear_and_change_nothing(model):
         mgr.shutdown()
 
 
-def test_over_the_window_is_refused_then_recovered(model):
-    """The client's text is the truth: an edit the model cannot take is remembered, and the first edit
-    that brings the text back under the window re-synchronises."""
+def test_documents_longer_than_the_window_are_chunked(model):
+    """A document that grows past the model's window is cut into chunks (ChunkedDocument) and keeps its
+    results; cut down again, it is one chunk."""
     mgr = DocumentManager(model)
     long_piece = " proposal" * 300  # far over the tiny model's 255 tokens
     try:
         mgr.open("d", "The film.").result(30)
         res = mgr.edit("d", 4, 4, long_piece).result(30)
-        assert res.code == "too_long" and "at most 255" in res.error and res.label is None
         text = "The " + long_piece + "film."
-        res = mgr.edit("d", 0, 3, "A").result(30)  # still too long: tracked, not computed
+        assert_result_is_fresh(model, res, text)
+        assert res.num_tokens > model.max_positions
+        res = mgr.edit("d", 0, 3, "A").result(30)
         text = "A" + text[3:]
-        assert res.code == "too_long" and res.num_chars == len(text)
+        assert_result_is_fresh(model, res, text)
         res = mgr.edit("d", 2, 2 + len(long_piece), "").result(30)
         assert_result_is_fresh(model, res, "A film.")
         res = mgr.open("e", long_piece).result(30)  # an open over the window, then cut down
-        assert res.code == "too_long"
+        assert_result_is_fresh(model, res, long_piece)
         assert_result_is_fresh(model, mgr.edit("e", 20, len(long_piece), "").result(30), long_piece[:20])
     finally:
         mgr.shutdown()
@@ -174,7 +175,7 @@ def test_concurrent_edits_go_through_edit_many(model):
 
 def test_failed_edit_many_answers_each_document(model):
     """The batch call fails after applying two of four edits: those two keep their result, the other
-    two are redone one by one; one of them is over the window and says so."""
+    two are redone one by one; one of them grows past the window (and is chunked)."""
     many = ManyModel(model, fail_after=2)
     mgr = DocumentManager(many)
     try:
@@ -188,7 +189,7 @@ def test_failed_edit_many_answers_each_document(model):
         blocker.result(30)
         for k in "abc":
             assert_result_is_fresh(model, futures[k].result(30), f"Text {k}.")
-        assert futures["d"].result(30).code == "too_long"
+        assert_result_is_fresh(model, futures["d"].result(30), " proposal" * 300 + "Doc d.")
         assert many.calls == [4]
     finally:
         mgr.shutdown()
