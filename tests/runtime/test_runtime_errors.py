@@ -74,8 +74,25 @@ def test_bad_token_edits(loaded):
     _assert_unchanged(doc, snap)
 
 
-@pytest.mark.parametrize("stage", ["attend", "post", "final", "head"])
+class _FailingKernels:
+    """The C kernels, except that the lazy update and the float64 attention fail mid-edit."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __getattr__(self, name):
+        if name in ("lazy_update", "attend64"):
+            def boom(*args):
+                raise RuntimeError("simulated kernel failure")
+            return boom
+        return getattr(self.real, name)
+
+
+@pytest.mark.parametrize("stage", ["attend", "post", "final", "head", "kernel"])
 def test_engine_failure_mid_edit_restores_document(loaded, monkeypatch, stage):
+    """A failure in any graph or in a C kernel, half-way through an edit, leaves the document as it was."""
+    from vqinc.runtime import kernels
+
     model = loaded["llama-none"]
     doc = model.document("The proposal adds a keyword.")
     snap = _snapshot(doc)
@@ -86,10 +103,16 @@ def test_engine_failure_mid_edit_restores_document(loaded, monkeypatch, stage):
             raise RuntimeError("simulated device failure")
         return real(name, layer, **feeds)
 
+    if stage == "kernel":
+        if kernels.NATIVE is None:
+            pytest.skip("native kernels not built")
+        monkeypatch.setattr(kernels, "NATIVE", _FailingKernels(kernels.NATIVE))
+    elif stage == "attend":  # small recomputes run in C: the numpy path sends every recompute to the graph
+        monkeypatch.setattr(kernels, "NATIVE", None)
     monkeypatch.setattr(model.executor, "run", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         doc.edit(4, 12, "film")
-    monkeypatch.setattr(model.executor, "run", real)
+    monkeypatch.undo()
     _assert_unchanged(doc, snap)
     doc.edit(4, 12, "film")  # and the document still edits correctly afterwards
     assert_same_as_fresh(model, doc)
