@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+TEST_DATA = Path(__file__).resolve().parent / "data"
+"""The suite's sample of the PEP data sets (tests/data/README.md): edit histories and labelled PEP bodies."""
+PEP_REVISIONS = TEST_DATA / "pep-revisions.jsonl.gz"
+PEP_TYPES = TEST_DATA / "pep-types.jsonl.gz"
 
 # Pieces that exercise the tokenizer: words, spaces, punctuation, newlines, multi-byte characters.
 WORDS = ["the", " proposal", " film", " ", "  ", ",", ".", "\n", "é", "日本", "🙂", "x", " grammar", "-", "'s"]

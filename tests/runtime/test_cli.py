@@ -9,13 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests_support import PEP_REVISIONS, PEP_TYPES
 
 from vqinc.runtime.cli import main
 from vqinc.runtime.model import Model, default_model_dir
 from vqinc.runtime.replay import ReplaySummary, replay_trace
 from vqinc.runtime.traces import read_trace_file
-
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "pep-revisions.jsonl.gz"
 
 
 def _git_repo(tmp_path: Path) -> Path:
@@ -56,12 +55,10 @@ def test_replay_git_history(exported, tmp_path, capsys):
 
 def test_replay_trace_file_keeps_the_invariant(loaded, tmp_path):
     """A real PEP history (windowed): after every revision the document equals a fresh one."""
-    if not SHARED.exists():
-        pytest.skip(f"{SHARED} not present")
     from tests_support import assert_same_as_fresh
 
     model = loaded["llama-rope"]
-    trace = next(read_trace_file(SHARED))
+    trace = next(read_trace_file(PEP_REVISIONS))
     holder = {}
 
     def check(rev):
@@ -137,10 +134,7 @@ def test_bundled_histories_are_dev_split_only():
 
     from vqinc.runtime.cli import bundled_histories
 
-    types = SHARED.parent / "pep-types.jsonl.gz"
-    if not types.exists():
-        pytest.skip(f"{types} not present")
-    with gzip.open(types, "rt", encoding="utf-8") as f:
+    with gzip.open(PEP_TYPES, "rt", encoding="utf-8") as f:
         split = {r["doc_id"]: r["split"] for r in map(json.loads, f)}
     ids = [t.doc_id for t in read_trace_file(bundled_histories())]
     assert ids and all(split[i] == "dev" for i in ids)
