@@ -38,6 +38,14 @@ def test_info_names_ops_and_sizes(exported, capsys):
     assert "vqinc::VQEncode x" in out and "vqinc::VQDecode x" in out and "sha256 checked" in out
 
 
+def test_info_without_a_directory_describes_the_bundled_model(capsys):
+    if not (default_model_dir() / "manifest.json").exists():
+        pytest.skip("no bundled model")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"model directory   {default_model_dir()}\n") and "sha256 checked" in out
+
+
 def test_run_classifies_a_file(exported, tmp_path, capsys):
     f = tmp_path / "t.txt"
     f.write_text("An utterly charming film.")
