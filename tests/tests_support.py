@@ -27,15 +27,52 @@ def assert_same_as_fresh(model, doc) -> None:
     np.testing.assert_allclose(doc.logits, ref.logits, atol=1e-4, rtol=0)
 
 
+_FULL_SESSIONS: dict[Path, object] = {}
+
+
+def _full_session(model):
+    """An ORT session of the model directory's full.onnx of its own (one per file): not the engine's executor."""
+    import onnxruntime as ort
+
+    spec = model.manifest.full_graph
+    assert spec is not None, f"{model.root}: no full.onnx (exported with --no-full): nothing to compare with"
+    path = (Path(model.root) / spec.file).resolve()
+    if path not in _FULL_SESSIONS:
+        so = ort.SessionOptions()
+        so.use_per_session_threads = False  # conftest made ORT's process-wide pool; every session must use it
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the graph as exported
+        _FULL_SESSIONS[path] = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    return _FULL_SESSIONS[path]
+
+
+def assert_same_as_full(model, doc, ids: list[int] | None = None) -> None:
+    """doc (after edits) == the monolithic `full.onnx` on its tokens, an oracle outside the engine: no plan, no
+    stage graphs, no kept state, no float64 settling; one graph from token ids to (logits, codes), exported
+    beside the stage graphs and run here in a session of its own. Codes exactly; logits within 1e-4.
+
+    Tokens: `ids` where the test edits token ids directly, else the tokenizer library on the whole text (the
+    document's incremental tokenisation must equal it)."""
+    if ids is None:
+        ids = model.tokenizer.encode(doc.text, add_special_tokens=False).ids
+    assert doc.token_ids.tolist() == list(ids), "tokens differ from tokenizing the whole text"
+    logits, codes = _full_session(model).run(["logits", "codes"],
+                                             {"ids": np.asarray([model.bos_token_id, *ids], np.int64)})
+    assert codes.shape == doc.codes.shape, (codes.shape, doc.codes.shape)
+    flips = int((doc.codes != codes).sum())
+    assert flips == 0, f"{flips} codes differ from full.onnx"
+    np.testing.assert_allclose(doc.logits, logits[0], atol=1e-4, rtol=0)
+
+
 def edit_checking_every_step(model, text: str, edits) -> None:
     """Apply character edits (a, b, piece) one by one; after each, the text is the spliced string and the
-    document equals a fresh one (`assert_same_as_fresh`)."""
+    document equals a fresh one (`assert_same_as_fresh`) and full.onnx (`assert_same_as_full`)."""
     doc = model.document(text)
     for a, b, piece in edits:
         doc.edit(a, b, piece)
         text = text[:a] + piece + text[b:]
         assert doc.text == text
         assert_same_as_fresh(model, doc)
+        assert_same_as_full(model, doc)
 
 
 @contextlib.contextmanager

@@ -63,7 +63,7 @@ def test_replay_git_history(exported, tmp_path, capsys):
 
 def test_replay_trace_file_keeps_the_invariant(loaded, tmp_path):
     """A real PEP history (windowed): after every revision the document equals a fresh one."""
-    from tests_support import assert_same_as_fresh
+    from tests_support import assert_same_as_fresh, assert_same_as_full
 
     model = loaded["llama-rope"]
     trace = next(read_trace_file(PEP_REVISIONS))
@@ -71,6 +71,7 @@ def test_replay_trace_file_keeps_the_invariant(loaded, tmp_path):
 
     def check(rev):
         assert_same_as_fresh(model, holder["summary"].document)
+        assert_same_as_full(model, holder["summary"].document)
         holder["n"] = holder.get("n", 0) + 1
 
     from vqinc.runtime.replay import ReplaySummary
@@ -196,7 +197,7 @@ ENDS = {"doc_id": "ends", "base": "hello world",
 
 def test_replay_reaches_inserts_at_offset_0_and_appends_at_the_end(loaded):
     """A document that fits the window used to skip both as "outside the window" (and --check still passed)."""
-    from tests_support import assert_same_as_fresh
+    from tests_support import assert_same_as_fresh, assert_same_as_full
 
     from vqinc.runtime.traces import Trace, _parse_trace
 
@@ -211,6 +212,7 @@ def test_replay_reaches_inserts_at_offset_0_and_appends_at_the_end(loaded):
     assert summary.document.text == texts[-1]
     assert summary.code_flips == 0 and summary.checked_revisions == 3
     assert_same_as_fresh(model, summary.document)
+    assert_same_as_full(model, summary.document)
 
 
 def test_replay_cli_checks_the_document_against_the_trace_text(exported, tmp_path, capsys):
