@@ -39,7 +39,8 @@ def _full_session(model):
     path = (Path(model.root) / spec.file).resolve()
     if path not in _FULL_SESSIONS:
         so = ort.SessionOptions()
-        so.use_per_session_threads = False  # conftest made ORT's process-wide pool; every session must use it
+        so.intra_op_num_threads = 1  # tiny graphs: one thread, never spinning against the engine's sessions
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the graph as exported
         _FULL_SESSIONS[path] = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     return _FULL_SESSIONS[path]
@@ -55,12 +56,31 @@ def assert_same_as_full(model, doc, ids: list[int] | None = None) -> None:
     if ids is None:
         ids = model.tokenizer.encode(doc.text, add_special_tokens=False).ids
     assert doc.token_ids.tolist() == list(ids), "tokens differ from tokenizing the whole text"
-    logits, codes = _full_session(model).run(["logits", "codes"],
-                                             {"ids": np.asarray([model.bos_token_id, *ids], np.int64)})
+    logits, codes = _run_full(model, ids)
     assert codes.shape == doc.codes.shape, (codes.shape, doc.codes.shape)
     flips = int((doc.codes != codes).sum())
     assert flips == 0, f"{flips} codes differ from full.onnx"
-    np.testing.assert_allclose(doc.logits, logits[0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(doc.logits, logits, atol=1e-4, rtol=0)
+
+
+def _run_full(model, ids) -> tuple[np.ndarray, np.ndarray]:
+    logits, codes = _full_session(model).run(["logits", "codes"],
+                                             {"ids": np.asarray([model.bos_token_id, *ids], np.int64)})
+    return logits[0], codes
+
+
+def assert_chunks_same_as_full(model, doc) -> None:
+    """`assert_same_as_full` for a ChunkedDocument, chunk by chunk: each chunk's codes and logits against
+    full.onnx on that chunk's text. (The document's own logits, the head of the token-weighted mean of the
+    chunks' pooled vectors, have no full.onnx counterpart.)"""
+    for k, (c, codes, logits) in enumerate(zip(doc.chunks, doc.chunk_codes(), doc.chunk_logits(), strict=True)):
+        ids = model.tokenizer.encode(doc.text[c.start:c.end], add_special_tokens=False).ids
+        assert len(ids) == c.num_tokens, f"chunk {k}: {c.num_tokens} tokens, tokenizing its text gives {len(ids)}"
+        f_logits, f_codes = _run_full(model, ids)
+        assert f_codes.shape == codes.shape, (k, f_codes.shape, codes.shape)
+        flips = int((f_codes != codes).sum())
+        assert flips == 0, f"chunk {k}: {flips} codes differ from full.onnx"
+        np.testing.assert_allclose(logits, f_logits, atol=1e-4, rtol=0)
 
 
 def edit_checking_every_step(model, text: str, edits) -> None:
