@@ -119,8 +119,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_info(a: argparse.Namespace) -> int:
     from vqinc.runtime.info import describe
+    from vqinc.runtime.model import default_model_dir
 
-    print(describe(a.model_dir))
+    print(describe(a.model_dir or default_model_dir()))
     return 0
 
 
@@ -312,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_export)
 
     i = sub.add_parser("info", help="what a model directory holds")
-    i.add_argument("model_dir")
+    i.add_argument("model_dir", nargs="?", help="default: the bundled model")
     i.set_defaults(fn=cmd_info)
 
     common = argparse.ArgumentParser(add_help=False)
