@@ -14,20 +14,22 @@ from tokenizers import Tokenizer
 
 from vqinc.model.config import ModelConfig
 from vqinc.model.transformer import VQTransformer
+from vqinc.runtime.atomic import replacing_dir
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 
 
 def save_checkpoint(model: VQTransformer, tokenizer: Tokenizer, out_dir: str | Path,
                     info: dict[str, Any] | None = None) -> Path:
-    """Write the three files; `info` (training recipe, metrics) is stored beside the config."""
+    """Write the three files; `info` (training recipe, metrics) is stored beside the config. Written
+    beside `out_dir` and swapped in at the end (other files already in `out_dir` are kept)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS))
     blob = {"format": "vqinc-checkpoint", "version": 1, "model": model.cfg.to_dict(), "info": info or {}}
-    (out / CONFIG).write_text(json.dumps(blob, indent=2))
-    tokenizer.save(str(out / TOKENIZER))
+    with replacing_dir(out, carry=lambda p: p.name not in (WEIGHTS, CONFIG, TOKENIZER)) as stage:
+        save_file(state, str(stage / WEIGHTS))
+        (stage / CONFIG).write_text(json.dumps(blob, indent=2))
+        tokenizer.save(str(stage / TOKENIZER))
     return out
 
 
