@@ -37,6 +37,9 @@ def load_checkpoint(path: str | Path) -> tuple[VQTransformer, Tokenizer, dict[st
     """(model in eval mode, tokenizer, info); clear errors naming the missing or bad file."""
     d = Path(path)
     if not d.is_dir():
+        if d.exists():
+            raise NotADirectoryError(f"checkpoint {d} is a file; a checkpoint is a directory of {CONFIG}, "
+                                     f"{WEIGHTS} and {TOKENIZER}")
         raise FileNotFoundError(f"checkpoint directory {d} does not exist")
     for name in (CONFIG, WEIGHTS, TOKENIZER):
         if not (d / name).is_file():
@@ -44,18 +47,36 @@ def load_checkpoint(path: str | Path) -> tuple[VQTransformer, Tokenizer, dict[st
     try:
         blob = json.loads((d / CONFIG).read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{d / CONFIG}: not valid JSON ({e})") from e
-    if blob.get("format") != "vqinc-checkpoint":
-        raise ValueError(f"{d / CONFIG}: not a vqinc checkpoint (format={blob.get('format')!r})")
-    cfg = ModelConfig.from_dict(blob["model"])
+        raise ValueError(f"{d / CONFIG}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{d / CONFIG}: not UTF-8 text ({e.reason})") from None
+    if not isinstance(blob, dict) or blob.get("format") != "vqinc-checkpoint":
+        got = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        raise ValueError(f"{d / CONFIG}: not a vqinc checkpoint (format={got!r})")
+    if not isinstance(blob.get("model"), dict):
+        raise ValueError(f"{d / CONFIG}: 'model' must be a JSON object")
+    try:
+        cfg = ModelConfig.from_dict(blob["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{d / CONFIG}: bad model config ({type(e).__name__}: {_short(e)})") from None
     model = VQTransformer(cfg)
-    state = load_file(str(d / WEIGHTS))
+    try:
+        state = load_file(str(d / WEIGHTS))
+    except Exception as e:  # safetensors' SafetensorError (a truncated or foreign file) is no ValueError
+        raise ValueError(f"{d / WEIGHTS}: not a readable safetensors file ({_short(e)})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{d / WEIGHTS}: weights do not match config.json (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")
-    tok = Tokenizer.from_file(str(d / TOKENIZER))
+    try:
+        tok = Tokenizer.from_file(str(d / TOKENIZER))
+    except Exception as e:
+        raise ValueError(f"{d / TOKENIZER}: not a valid tokenizers file ({_short(e)})") from None
     if tok.get_vocab_size() > cfg.arch.vocab_size:
         raise ValueError(f"{d / TOKENIZER}: vocabulary {tok.get_vocab_size()} exceeds the model's "
                          f"{cfg.arch.vocab_size}")
     return model.eval(), tok, blob.get("info", {})
+
+
+def _short(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]

@@ -352,11 +352,12 @@ async def _read_messages(reader, ls: VqincLanguageServer) -> None:
             proto.send_error(None, PARSE_ERROR, "a message needs a valid Content-Length header")
             continue
         if length > limit:
-            while length > 0:  # skip the body in chunks without holding it
-                chunk = await reader.read(min(length, 1 << 20))
+            left = length
+            while left > 0:  # skip the body in chunks without holding it
+                chunk = await reader.read(min(left, 1 << 20))
                 if not chunk:
                     return
-                length -= len(chunk)
+                left -= len(chunk)
             proto.send_error(None, INVALID_REQUEST, f"a message of {length} bytes is over this server's limit of "
                              f"{limit} (set by --max-chars)")
             continue

@@ -147,6 +147,16 @@ class Drainer:
         self.manager.run_pending()
 
 
+def _check_text(text: object) -> None:
+    if not isinstance(text, str):
+        raise ServeError(f"text must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON allows "\ud800" alone; no text holds it
+        raise ServeError(f"text is not valid Unicode: a lone surrogate {text[e.start]!r} at index {e.start} "
+                         f"(UTF-16 surrogates come in pairs)") from None
+
+
 def _name(key: Hashable) -> object:
     """How errors name a document: front-ends key them as (front-end, ..., client's name)."""
     return key[-1] if isinstance(key, tuple) and key else key
@@ -176,8 +186,7 @@ class DocumentManager:
     # -- requests (any thread) -------------------------------------------------------------------
     def open(self, key: Hashable, text: str, tag: object = None) -> Future:
         """Open `key` holding `text` (an open key is replaced, as an editor re-opening a buffer)."""
-        if not isinstance(text, str):
-            raise ServeError(f"text must be a string, got {type(text).__name__}")
+        _check_text(text)
         if len(text) > self.limits.max_chars:
             raise LimitError(f"document of {len(text)} characters is over this server's limit of "
                              f"{self.limits.max_chars} (--max-chars)")
@@ -198,8 +207,7 @@ class DocumentManager:
         for name, v in (("start", start), ("end", end)):
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ServeError(f"{name} must be an integer, got {type(v).__name__}")
-        if not isinstance(text, str):
-            raise ServeError(f"text must be a string, got {type(text).__name__}")
+        _check_text(text)
         with self._cv:
             self._check_running()
             rec = self._get(key)

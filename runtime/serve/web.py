@@ -1,7 +1,10 @@
 """HTTP + WebSocket front-end of `vqinc serve --http PORT` (the `websockets` library).
 
 Routes: `GET /` the live page (package data, read once at start-up), `GET /healthz` a JSON status,
-`/ws` the WebSocket. Nothing else is served: no path ever reaches the file system.
+`/ws` the WebSocket. Nothing else is served: no path ever reaches the file system. HEAD is answered
+as GET without the body, any other method with 405. The `Host` header must name this server (an IP
+literal, localhost or the --host name, and the port): a page of another site whose name was made to
+resolve to 127.0.0.1 (DNS rebinding) gets 421, not the page or /healthz.
 
 The WebSocket protocol is JSON, one object per text frame. Offsets count Unicode code points (Python
 string indices; a browser converts from UTF-16, see static/index.html).
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import itertools
 import json
 import logging
@@ -80,12 +84,30 @@ class WebFrontend:
     # -- HTTP ------------------------------------------------------------------------------------
     def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        hosts = request.headers.get_all("Host")
+        host = hosts[0] if len(hosts) == 1 else None  # none or several: 400
+        if not self._own_host(host):  # DNS rebinding: another site's name resolved to this address
+            return _response(conn, 421 if host else 400, f"host {host!r} is not this server's address "
+                             f"(use http://127.0.0.1:{self.port}/)\n".encode(), "text/plain; charset=utf-8")
+        if request.method not in ("GET", "HEAD"):
+            resp = _response(conn, 405, f"method {request.method} is not allowed: GET or HEAD\n".encode(),
+                             "text/plain; charset=utf-8")
+            resp.headers["Allow"] = "GET, HEAD"
+            return resp
+        if request.method == "HEAD":
+            if path == "/ws":
+                return _response(conn, 405, b"", "text/plain; charset=utf-8")
+            resp = self._route(conn, path)
+            return dataclasses.replace(resp, body=b"")  # Content-Length stays the GET body's
         if path == "/ws":
             origin = request.headers.get("Origin")
             if origin is not None and origin not in self._own_origins():
                 return _response(conn, 403, f"origin {origin} may not use this server\n".encode(),
                                  "text/plain; charset=utf-8")
             return None  # go on with the WebSocket handshake
+        return self._route(conn, path)
+
+    def _route(self, conn: ServerConnection, path: str) -> Response:
         if path in ("/", "/index.html"):
             return _response(conn, 200, self.page, "text/html; charset=utf-8")
         if path == "/healthz":
@@ -93,6 +115,23 @@ class WebFrontend:
                                "labels": list(self.manager.labels)}).encode()
             return _response(conn, 200, body, "application/json")
         return _response(conn, 404, b"not found\n", "text/plain; charset=utf-8")
+
+    def _own_host(self, host: str | None) -> bool:
+        """`Host` names this server: an IP literal, localhost or the --host name, with the served port. A
+        rebinding attack needs a domain name of its own, so it never passes."""
+        if not host:
+            return False
+        name, sep, port = host.strip().lower().rpartition(":")
+        if not sep or port != str(self.port) or (name.startswith("[") != name.endswith("]")):
+            return False
+        name = name.strip("[]")
+        if name in ("localhost", self.host.lower().strip("[]")):
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
 
     def _own_origins(self) -> set[str]:
         hosts = {"127.0.0.1", "localhost", "[::1]", self.host if ":" not in self.host else f"[{self.host}]"}
@@ -145,7 +184,9 @@ class WebFrontend:
                 fut = self.manager.open(key, msg.get("text", ""), tag=seq)
                 session.keys.add(key)
             elif kind == "edit":
-                fut = self.manager.edit(key, msg.get("start"), msg.get("end"), msg.get("text", ""), tag=seq)
+                if "text" not in msg:  # never a silent delete: an edit names what replaces the span
+                    raise ServeError('an edit needs "text" (the replacement; "" to delete)')
+                fut = self.manager.edit(key, msg.get("start"), msg.get("end"), msg["text"], tag=seq)
             elif kind == "close":
                 fut = self.manager.close(key)
                 session.keys.discard(key)
