@@ -275,7 +275,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from vqinc.runtime.serve.app import ServeOptions, ServeSetupError, serve
 
     opts = ServeOptions(model_dir=a.model_dir, http=a.http, host=a.host, stdio=a.stdio,
-                        max_documents=a.max_documents, max_chars=a.max_chars, threads=a.threads)
+                        max_documents=a.max_documents, max_documents_per_client=a.max_documents_per_client,
+                        memory_mb=a.memory_mb, max_chars=a.max_chars, threads=a.threads)
     try:
         return serve(opts)
     except ServeSetupError as e:
@@ -356,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="address for --http (default 127.0.0.1: this machine only)")
     sv.add_argument("--stdio", action="store_true", help="with --http: serve LSP on stdio as well")
     sv.add_argument("--max-documents", type=int, default=128, help="open documents at most (all clients)")
+    sv.add_argument("--max-documents-per-client", type=int, default=16,
+                    help="open documents of one connection at most")
+    sv.add_argument("--memory-mb", type=int, default=2048,
+                    help="memory budget of the open documents: admits only as many as fit at their worst case")
     sv.add_argument("--max-chars", type=int, default=200_000, help="characters per document at most")
     sv.set_defaults(fn=cmd_serve)
 

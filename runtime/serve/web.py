@@ -46,10 +46,16 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from vqinc.runtime.serve.manager import DocumentManager, Drainer, Result, ServeError, call_in_loop
+from vqinc.runtime.serve.manager import DocumentManager, Drainer, Result, ServeError, call_in_loop, worst_json_bytes
 
 log = logging.getLogger("vqinc.serve.web")
 MAX_ID = 200
+MAX_CONNECTIONS = 64
+"""WebSocket connections at once (each holds at most MAX_QUEUE frames read ahead, MAX_UNANSWERED answers)."""
+MAX_UNANSWERED = 64
+"""Answers one connection may leave unread before the server stops reading its requests."""
+MAX_QUEUE = 4
+"""Incoming frames the library buffers per connection before it stops reading the socket."""
 _conn_ids = itertools.count()
 
 
@@ -76,10 +82,14 @@ class WebFrontend:
         self.drainer = Drainer(manager)
         self.page = page_bytes()
         self.hello = {"type": "hello", "labels": list(manager.labels), "model": model_name,
-                      "max_documents": manager.limits.max_documents, "max_chars": manager.limits.max_chars,
+                      "max_documents": manager.max_documents,
+                      "max_documents_per_client": manager.max_documents_per_client,
+                      "max_chars": manager.limits.max_chars,
                       "max_tokens": max_tokens}
         self.host, self.port = "127.0.0.1", 0
         self.connections = 0
+        self.sessions: set[_Session] = set()
+        """The live WebSocket sessions (for /healthz and tests)."""
 
     # -- HTTP ------------------------------------------------------------------------------------
     def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
@@ -139,23 +149,43 @@ class WebFrontend:
 
     # -- WebSocket -------------------------------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
+        if self.connections >= MAX_CONNECTIONS:
+            await ws.close(1013, f"this server takes {MAX_CONNECTIONS} connections at most; try again later")
+            return
         out: asyncio.Queue = asyncio.Queue()
-        session = _Session(next(_conn_ids), asyncio.get_running_loop(), lambda msg: out.put_nowait(json.dumps(msg)))
+        room = asyncio.Event()
+        room.set()
+
+        def put(msg: dict) -> None:
+            out.put_nowait(json.dumps(msg))
+
+        session = _Session(next(_conn_ids), asyncio.get_running_loop(), put)
         self.connections += 1
+        self.sessions.add(session)
 
         async def sender() -> None:
             while True:
-                await ws.send(await out.get())
+                await ws.send(await out.get())  # waits while the client does not read (TCP backpressure)
+                session.unanswered -= 1
+                if session.unanswered < MAX_UNANSWERED:
+                    room.set()
 
         send_task = asyncio.create_task(sender())
+        session.unanswered += 1
         session.put(self.hello)
         try:
             async for frame in ws:
+                session.unanswered += 1  # every frame gets exactly one answer
+                session.peak_unanswered = max(session.peak_unanswered, session.unanswered)
                 self._dispatch(session, frame)
+                if session.unanswered >= MAX_UNANSWERED:  # a client that does not read its answers: stop
+                    room.clear()                           # reading its requests until it does
+                    await room.wait()
         except ConnectionClosed:
             pass
         finally:
             self.connections -= 1
+            self.sessions.discard(session)
             self.manager.close_all(list(session.keys))
             self.drainer.kick(session.loop)
             send_task.cancel()
@@ -220,7 +250,7 @@ class WebFrontend:
             session.put({"type": "result", "id": doc_id, "seq": res.tag, **res.to_json(self.manager.labels)})
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Session:
     """One WebSocket connection: its documents, and the last unanswered request of each (so that an
     answer given at once, such as a refused edit, never overtakes the answers to earlier requests)."""
@@ -230,6 +260,9 @@ class _Session:
     put: Callable[[dict], None]
     keys: set = dataclasses.field(default_factory=set)
     pending: dict = dataclasses.field(default_factory=dict)
+    unanswered: int = 0
+    """Requests read whose answer is not sent yet (bounded: `MAX_UNANSWERED`)."""
+    peak_unanswered: int = 0
 
     def after(self, doc_id: str | None, msg: dict) -> None:
         last = self.pending.get(doc_id) if doc_id is not None else None
@@ -242,9 +275,11 @@ class _Session:
 async def serve_web(front: WebFrontend, host: str, port: int, ready: Callable[[int], None] | None = None,
                     stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or forever); `ready(port)` is called once the socket is bound."""
-    max_frame = front.manager.limits.max_chars * 4 + 4096  # UTF-8: at most 4 bytes a character
+    # The largest frame a client may need: an open of a document at the size limit, in the largest JSON
+    # encoding (12 bytes a code point), plus the message's other fields.
+    max_frame = worst_json_bytes(front.manager.limits.max_chars) + MAX_ID * 12 + 4096
     async with serve(front.handle, host, port, process_request=front.process_request, max_size=max_frame,
-                     logger=log) as server:
+                     max_queue=MAX_QUEUE, logger=log) as server:
         front.host, front.port = host, server.sockets[0].getsockname()[1]
         if ready is not None:
             ready(front.port)
