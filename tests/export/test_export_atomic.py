@@ -46,10 +46,16 @@ def good(exported, tmp_path) -> tuple[Path, str]:
 @pytest.fixture(scope="module")
 def other(exported):
     """Another model (other weights, other fingerprint) to export over the good one."""
-    from conftest import make_tiny_model
+    import copy
+
+    import torch
 
     e = exported["llama-none"]
-    return make_tiny_model("llama", "none", 2, e.tokenizer.get_vocab_size(), seed=1), e.tokenizer
+    m = copy.deepcopy(e.torch_model)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(1.01)
+    return m.eval(), e.tokenizer
 
 
 @pytest.mark.parametrize("where,at", [("save_graph", 1), ("save_graph", 3), ("to_json", 1), ("exchange", 1),
