@@ -329,8 +329,8 @@ def test_run_and_info_on_bad_model_directories_are_one_line_exit_2(exported, tmp
 
     shutil.copytree(exported["llama-none"].model_dir, broken)
     (broken / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
-    for model_dir, match in ((tmp_path / "nope", r"does not exist or is not a directory"),
-                             (tmp_path / "t.txt", r"does not exist or is not a directory"),
+    for model_dir, match in ((tmp_path / "nope", r"nope does not exist"),
+                             (tmp_path / "t.txt", r"t\.txt is a file, not a directory"),
                              (tmp_path, r"manifest\.json: missing"),
                              (broken, r"manifest\.json: not a valid manifest \(RecursionError")):
         assert main(["run", str(model_dir), str(tmp_path / "t.txt"), "--threads", "1"]) == 2
