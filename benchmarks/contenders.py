@@ -13,12 +13,14 @@ gets the character edit (`Document.edit`), since incremental re-tokenisation is 
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
+import stat
 from pathlib import Path
 
 import numpy as np
 
+from vqinc.runtime.atomic import replacing_dir
 from vqinc.runtime.decoder import KVDecoder
 from vqinc.runtime.model import Model
 
@@ -98,14 +100,37 @@ class TorchPrefixKV:
     sync = run
 
 
+def private_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/vqinc (default ~/.cache/vqinc), made with mode 0700 and checked before it is
+    trusted: a real directory (not a link), owned by this user, writable by nobody else. (A predictable
+    path under the shared temp dir could be made in advance by another user, holding their graphs.)"""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    root = base / "vqinc"
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        root.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode):
+        raise RuntimeError(f"decoder cache {root} is not a directory (a link or a file): remove it")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise RuntimeError(f"decoder cache {root} belongs to uid {st.st_uid}, not to you ({os.getuid()}): remove it")
+    if st.st_mode & 0o077:
+        raise RuntimeError(f"decoder cache {root} has mode {stat.S_IMODE(st.st_mode):o}; it must be private "
+                           f"(chmod 700 {root})")
+    return root
+
+
 def decoder_for(model: Model, attention: str | None = None, log=print) -> tuple[KVDecoder, str]:
     """The model's KVDecoder. When its directory has no decoder.onnx, or one of another attention kind than
     `attention` (None: whatever is there, else the exporter's default), export one (needs torch) into a copy
-    of the directory under the temp dir, keyed by fingerprint and kind, and load it from there."""
+    of the directory in this user's private cache (`private_cache_dir`), keyed by fingerprint and kind, and
+    load it from there."""
     have = model.manifest.info.get("decoder", {}).get("attention") if model.manifest.decoder_graph else None
     if have is not None and attention in (None, have):
         return KVDecoder(model), str(model.root)
-    cache = Path(tempfile.gettempdir()) / f"vqinc-decoder-{model.manifest.fingerprint}-{attention or 'auto'}"
+    cache = private_cache_dir() / f"decoder-{model.manifest.fingerprint}-{attention or 'auto'}"
     try:
         other = Model.load(cache, providers=model.executor.providers)
         if other.manifest.decoder_graph is None or other.manifest.fingerprint != model.manifest.fingerprint:
@@ -116,8 +141,9 @@ def decoder_for(model: Model, attention: str | None = None, log=print) -> tuple[
 
         log(f"{model.root} has no decoder.onnx{f' with {attention} attention' if attention else ''}: exporting one "
             f"into {cache} (to keep one in the model directory: vqinc export {model.root} {model.root} --decoder)")
-        shutil.rmtree(cache, ignore_errors=True)
-        shutil.copytree(model.root, cache, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
-        add_decoder(model_from_dir(cache)[0], cache, attention)
+        with replacing_dir(cache) as stage:  # a run interrupted here leaves no half-made cache entry
+            shutil.copytree(model.root, stage, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
+            add_decoder(model_from_dir(stage)[0], stage, attention)
         other = Model.load(cache, providers=model.executor.providers)
     return KVDecoder(other), str(cache)

@@ -39,6 +39,7 @@ import onnxruntime as ort  # noqa: E402
 from contenders import OrtFull, PrefixKV, TorchFull, TorchPrefixKV, decoder_for  # noqa: E402
 
 from vqinc.runtime import kernels  # noqa: E402
+from vqinc.runtime.atomic import check_writable_dir, write_atomic  # noqa: E402
 from vqinc.runtime.model import Model, default_model_dir  # noqa: E402
 from vqinc.runtime.replay import initial_window  # noqa: E402
 from vqinc.runtime.sessions import BULK_ROWS  # noqa: E402
@@ -380,11 +381,15 @@ def main(argv=None) -> int:
             a.out = a.out.parent / (a.out.name + "-quick")
     if not a.trace.exists():
         raise SystemExit(f"trace {a.trace} not found: pass --trace (e.g. ../shared/data/pep-revisions.jsonl.gz)")
+    try:  # before the run: an unwritable --out fails now, not after it
+        a.out.mkdir(parents=True, exist_ok=True)
+        check_writable_dir(a.out / "edits.json", "--out")
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--out {a.out}: cannot write there ({getattr(e, 'strerror', None) or e})") from None
     res = run(a)
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "edits.json").write_text(json.dumps(res, indent=1))
+    write_atomic(a.out / "edits.json", json.dumps(res, indent=1))
     md = markdown(res)
-    (a.out / "edits.md").write_text(md + "\n")
+    write_atomic(a.out / "edits.md", md + "\n")
     print(md)
     return 0
 

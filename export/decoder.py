@@ -42,6 +42,7 @@ from vqinc.export import stages
 from vqinc.model.transformer import VQTransformer, attention_with_past
 from vqinc.ops.domain import ONNX_OPSET
 from vqinc.ops.torch_ops import attach_functions, custom_translation_table
+from vqinc.runtime.atomic import replacing_dir
 from vqinc.runtime.decoder import io_names
 from vqinc.runtime.manifest import MANIFEST, GraphSpec, file_sha256, load_manifest
 
@@ -254,19 +255,23 @@ def add_decoder(model: VQTransformer, model_dir: str | Path, attention: str | No
     root = Path(model_dir)
     load_manifest(root)  # a valid model directory
     attention = attention or default_attention(model)
-    spec = export_decoder(model, root, attention)
-    raw = json.loads((root / MANIFEST).read_text())
-    raw["decoder_graph"] = {"file": spec.file, "inputs": list(spec.inputs), "outputs": list(spec.outputs),
-                            "macs_per_row": spec.macs_per_row}
-    files = dict(raw.get("files", {}))
-    for rel in (spec.file, spec.file + ".data"):
-        if (root / rel).exists():
-            files[rel] = {"bytes": (root / rel).stat().st_size, "sha256": file_sha256(root / rel)}
-        else:
-            files.pop(rel, None)
-    raw["files"] = files
-    info = dict(raw.get("info", {}))
-    info["decoder"] = {"attention": attention}
-    raw["info"] = info
-    (root / MANIFEST).write_text(json.dumps(raw, indent=2))
+    rewritten = (DECODER_FILE, DECODER_FILE + ".data", MANIFEST)
+    # A copy of the directory (hard links) gains the decoder and its new manifest, then takes the
+    # directory's place: an interrupt leaves the model as it was or with its decoder, never half of it.
+    with replacing_dir(root, carry=lambda p: p.name not in rewritten) as stage:
+        spec = export_decoder(model, stage, attention)
+        raw = json.loads((root / MANIFEST).read_text())
+        raw["decoder_graph"] = {"file": spec.file, "inputs": list(spec.inputs), "outputs": list(spec.outputs),
+                                "macs_per_row": spec.macs_per_row}
+        files = dict(raw.get("files", {}))
+        for rel in (spec.file, spec.file + ".data"):
+            if (stage / rel).exists():
+                files[rel] = {"bytes": (stage / rel).stat().st_size, "sha256": file_sha256(stage / rel)}
+            else:
+                files.pop(rel, None)
+        raw["files"] = files
+        info = dict(raw.get("info", {}))
+        info["decoder"] = {"attention": attention}
+        raw["info"] = info
+        (stage / MANIFEST).write_text(json.dumps(raw, indent=2))
     return spec

@@ -19,6 +19,7 @@ from vqinc.export import stages
 from vqinc.export.attend import attend_graph, refine_graph
 from vqinc.model.checkpoint import load_checkpoint
 from vqinc.model.transformer import VQTransformer
+from vqinc.runtime.atomic import replacing_dir
 from vqinc.runtime.config import ModelSpec
 from vqinc.runtime.manifest import (
     FORMAT_VERSION,
@@ -67,6 +68,9 @@ def _jobs(model: VQTransformer, spec: ModelSpec, specs: dict[str, GraphSpec]) ->
     return jobs
 
 
+_MODEL_SUFFIXES = (".onnx", ".data", ".json", ".npy")
+
+
 @torch.no_grad()
 def export_model(
     source: str | Path | tuple[VQTransformer, Tokenizer],
@@ -89,10 +93,17 @@ def export_model(
     foreign = [p for p in out.iterdir() if p.name not in ("__init__.py", "__pycache__")] if out.exists() else []
     if foreign and not (out / MANIFEST).exists():
         raise FileExistsError(f"{out} exists and is not a vqinc model directory; refusing to write into it")
-    out.mkdir(parents=True, exist_ok=True)
-    for old in foreign:  # a previous export: its graphs may not be part of this one
-        if old.suffix in (".onnx", ".data", ".json", ".npy") and old.is_file():
-            old.unlink()
+    # Written beside `out` and swapped in at the end: an interrupt leaves the old model or the new one.
+    # A previous export's graphs may not be part of this one: only other files (a package's
+    # __init__.py) are carried over.
+    with replacing_dir(out, carry=lambda p: not (p.is_file() and p.suffix in _MODEL_SUFFIXES)) as stage:
+        m = _write_model(model, tok, spec, model_cfg, stage, full_graph, info, show_progress, external_data_bytes)
+    return m
+
+
+def _write_model(model: VQTransformer, tok: Tokenizer, spec: ModelSpec, model_cfg: dict[str, Any], stage: Path,
+                 full_graph: bool, info: dict[str, Any] | None, show_progress: bool,
+                 external_data_bytes: int) -> Manifest:
     specs = graph_specs(spec, full_graph)
     jobs = _jobs(model, spec, specs)
     bar = tqdm(total=len(jobs) + spec.num_layers + 1, desc="export", unit="graph", disable=not show_progress)
@@ -100,26 +111,26 @@ def export_model(
         bar.set_postfix_str(name if layer is None else f"{name}.{layer}")
         g = specs[name]
         dynamic = {n: 0 for n in g.inputs}
-        stages.export_graph(module, args, list(g.inputs), list(g.outputs), g.path(out, layer), dynamic,
+        stages.export_graph(module, args, list(g.inputs), list(g.outputs), g.path(stage, layer), dynamic,
                             external_data_bytes)
         bar.update()
     for i, block in enumerate(model.layers):
         proto = attend_graph(block.vq.codebook.detach().cpu().numpy(), spec.num_heads, spec.num_kv_heads,
                              spec.head_dim)
-        stages.save_graph(proto, specs["attend"].path(out, i), external_data_bytes)
+        stages.save_graph(proto, specs["attend"].path(stage, i), external_data_bytes)
         bar.update()
-    stages.save_graph(refine_graph(spec.num_heads, spec.num_kv_heads, spec.head_dim), specs["refine"].path(out))
+    stages.save_graph(refine_graph(spec.num_heads, spec.num_kv_heads, spec.head_dim), specs["refine"].path(stage))
     bar.update()
     bar.close()
-    tok.save(str(out / "tokenizer.json"))
+    tok.save(str(stage / "tokenizer.json"))
     codebooks = np.stack([b.vq.codebook.detach().cpu().numpy().astype(np.float32) for b in model.layers])
-    np.save(out / "codebooks.npy", codebooks, allow_pickle=False)
+    np.save(stage / "codebooks.npy", codebooks, allow_pickle=False)
     sha = weights_sha256(model)
     m = Manifest(format_version=FORMAT_VERSION, model=model_cfg, weights_sha256=sha,
                  fingerprint=fingerprint(model_cfg, sha), graphs=specs, info=info or {})
     rels = [*graph_files(m, spec), "tokenizer.json", "codebooks.npy"]
-    rels += [r + ".data" for r in graph_files(m, spec) if (out / (r + ".data")).exists()]
-    files = {r: FileEntry((out / r).stat().st_size, file_sha256(out / r)) for r in rels}
+    rels += [r + ".data" for r in graph_files(m, spec) if (stage / (r + ".data")).exists()]
+    files = {r: FileEntry((stage / r).stat().st_size, file_sha256(stage / r)) for r in rels}
     m = Manifest(**{**m.__dict__, "files": files})
-    (out / MANIFEST).write_text(m.to_json())
+    (stage / MANIFEST).write_text(m.to_json())
     return m

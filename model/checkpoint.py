@@ -14,20 +14,22 @@ from tokenizers import Tokenizer
 
 from vqinc.model.config import ModelConfig
 from vqinc.model.transformer import VQTransformer
+from vqinc.runtime.atomic import replacing_dir
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 
 
 def save_checkpoint(model: VQTransformer, tokenizer: Tokenizer, out_dir: str | Path,
                     info: dict[str, Any] | None = None) -> Path:
-    """Write the three files; `info` (training recipe, metrics) is stored beside the config."""
+    """Write the three files; `info` (training recipe, metrics) is stored beside the config. Written
+    beside `out_dir` and swapped in at the end (other files already in `out_dir` are kept)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS))
     blob = {"format": "vqinc-checkpoint", "version": 1, "model": model.cfg.to_dict(), "info": info or {}}
-    (out / CONFIG).write_text(json.dumps(blob, indent=2))
-    tokenizer.save(str(out / TOKENIZER))
+    with replacing_dir(out, carry=lambda p: p.name not in (WEIGHTS, CONFIG, TOKENIZER)) as stage:
+        save_file(state, str(stage / WEIGHTS))
+        (stage / CONFIG).write_text(json.dumps(blob, indent=2))
+        tokenizer.save(str(stage / TOKENIZER))
     return out
 
 
@@ -35,6 +37,9 @@ def load_checkpoint(path: str | Path) -> tuple[VQTransformer, Tokenizer, dict[st
     """(model in eval mode, tokenizer, info); clear errors naming the missing or bad file."""
     d = Path(path)
     if not d.is_dir():
+        if d.exists():
+            raise NotADirectoryError(f"checkpoint {d} is a file; a checkpoint is a directory of {CONFIG}, "
+                                     f"{WEIGHTS} and {TOKENIZER}")
         raise FileNotFoundError(f"checkpoint directory {d} does not exist")
     for name in (CONFIG, WEIGHTS, TOKENIZER):
         if not (d / name).is_file():
@@ -42,18 +47,36 @@ def load_checkpoint(path: str | Path) -> tuple[VQTransformer, Tokenizer, dict[st
     try:
         blob = json.loads((d / CONFIG).read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{d / CONFIG}: not valid JSON ({e})") from e
-    if blob.get("format") != "vqinc-checkpoint":
-        raise ValueError(f"{d / CONFIG}: not a vqinc checkpoint (format={blob.get('format')!r})")
-    cfg = ModelConfig.from_dict(blob["model"])
+        raise ValueError(f"{d / CONFIG}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{d / CONFIG}: not UTF-8 text ({e.reason})") from None
+    if not isinstance(blob, dict) or blob.get("format") != "vqinc-checkpoint":
+        got = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        raise ValueError(f"{d / CONFIG}: not a vqinc checkpoint (format={got!r})")
+    if not isinstance(blob.get("model"), dict):
+        raise ValueError(f"{d / CONFIG}: 'model' must be a JSON object")
+    try:
+        cfg = ModelConfig.from_dict(blob["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{d / CONFIG}: bad model config ({type(e).__name__}: {_short(e)})") from None
     model = VQTransformer(cfg)
-    state = load_file(str(d / WEIGHTS))
+    try:
+        state = load_file(str(d / WEIGHTS))
+    except Exception as e:  # safetensors' SafetensorError (a truncated or foreign file) is no ValueError
+        raise ValueError(f"{d / WEIGHTS}: not a readable safetensors file ({_short(e)})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{d / WEIGHTS}: weights do not match config.json (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")
-    tok = Tokenizer.from_file(str(d / TOKENIZER))
+    try:
+        tok = Tokenizer.from_file(str(d / TOKENIZER))
+    except Exception as e:
+        raise ValueError(f"{d / TOKENIZER}: not a valid tokenizers file ({_short(e)})") from None
     if tok.get_vocab_size() > cfg.arch.vocab_size:
         raise ValueError(f"{d / TOKENIZER}: vocabulary {tok.get_vocab_size()} exceeds the model's "
                          f"{cfg.arch.vocab_size}")
     return model.eval(), tok, blob.get("info", {})
+
+
+def _short(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]

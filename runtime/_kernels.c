@@ -7,6 +7,9 @@
  * 1e-12 of exact) and sums in float64: every step is at least as accurate as the float32 step whose
  * error the bounds (`slack`) account for, so the same bounds stay sound.
  *
+ * Sums in `omp simd reduction` loops may be reassociated (vectorised): every bound here holds for any
+ * summation order (numerics.py), and norms carry a (1 + 1e-12) margin far above the reordering's effect.
+ *
  * Arrays are passed through the buffer protocol (no numpy headers at build time); the Python wrapper
  * (`kernels.py`) checks dtypes, shapes and contiguity, and this file checks every buffer's length
  * against the dimensions it is given before it reads or writes anything.
@@ -21,7 +24,7 @@
 #define OVERFLOW 80.0
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(VQINC_NO_CLONES)
-#define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CLONES
 #endif
@@ -53,8 +56,10 @@ CLONES static float dot32(const float *a, const float *b, Py_ssize_t n) {
  * 2^k built in the exponent bits. Below -700 it returns 0 (an absolute error under 2^-126, allowed). */
 CLONES static void exp_many(double *z, Py_ssize_t n) {
     const double log2e = 1.4426950408889634, ln2_hi = 0.6931471803691238, ln2_lo = 1.9082149292705877e-10;
+    const double shift = 6755399441055744.0; /* 1.5 * 2^52: adding it leaves an integer in the low mantissa bits */
     for (Py_ssize_t i = 0; i < n; i++) {
-        double x = z[i] < -700.0 ? -700.0 : z[i];
+        double zi = z[i];
+        double x = zi < -700.0 ? -700.0 : zi;
         double kf = __builtin_floor(x * log2e + 0.5);
         double r = (x - kf * ln2_hi) - kf * ln2_lo;
         double p = 1.0 / 479001600.0;
@@ -70,10 +75,15 @@ CLONES static void exp_many(double *z, Py_ssize_t n) {
         p = p * r + 0.5;
         p = p * r + 1.0;
         p = p * r + 1.0;
-        int64_t bits = ((int64_t)kf + 1023) << 52;
+        /* 2^kf without a float-to-int conversion (none is vectorised before AVX-512): the biased exponent
+         * kf + 1023 (in [13, 1139]) sits in the low bits of kf + 1023 + shift; move it to the exponent field */
+        double t = kf + 1023.0 + shift;
+        uint64_t bits;
+        memcpy(&bits, &t, sizeof bits);
+        bits <<= 52;
         double scale;
         memcpy(&scale, &bits, sizeof scale);
-        z[i] = z[i] < -700.0 ? 0.0 : p * scale;
+        z[i] = zi < -700.0 ? 0.0 : p * scale;
     }
 }
 
@@ -84,12 +94,25 @@ static inline double facet(const double *o, const double *ct, const double *sq, 
                            const double *pen, double ec, double en, Py_ssize_t K, Py_ssize_t dh, double *sk,
                            Py_ssize_t *code_out) {
     double o2 = 0.0;
-    for (Py_ssize_t k = 0; k < K; k++) sk[k] = 0.0;
-    for (Py_ssize_t d = 0; d < dh; d++) {
-        double od = o[d];
-        o2 += od * od;
-        const double *row = ct + d * K;
-        for (Py_ssize_t k = 0; k < K; k++) sk[k] += od * row[k];
+#pragma omp simd reduction(+ : o2)
+    for (Py_ssize_t d = 0; d < dh; d++) o2 += o[d] * o[d];
+    /* o . c_k for eight codes at a time, accumulated in registers (a loop over sk in memory would chain
+     * every step through a store and a load) */
+    for (Py_ssize_t k0 = 0; k0 < K; k0 += 8) {
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (K - k0 >= 8) {
+            for (Py_ssize_t d = 0; d < dh; d++) {
+                const double *row = ct + d * K + k0;
+                for (int j = 0; j < 8; j++) acc[j] += o[d] * row[j];
+            }
+            for (int j = 0; j < 8; j++) sk[k0 + j] = acc[j];
+        } else {
+            for (Py_ssize_t d = 0; d < dh; d++) {
+                const double *row = ct + d * K + k0;
+                for (Py_ssize_t j = 0; j < K - k0; j++) acc[j] += o[d] * row[j];
+            }
+            for (Py_ssize_t j = 0; j < K - k0; j++) sk[k0 + j] = acc[j];
+        }
     }
     Py_ssize_t j = 0;
     for (Py_ssize_t k = 0; k < K; k++) {
@@ -193,10 +216,10 @@ CLONES static void lazy_rows(LazyArgs *A) {
             full[h] = 1;
             double *nm = num + h * dh;
             double onorm = 0.0;
-            for (Py_ssize_t d = 0; d < dh; d++) {
-                nm[d] = den0 * (double)oold[d];
-                onorm += (double)oold[d] * (double)oold[d];
-            }
+#pragma omp simd
+            for (Py_ssize_t d = 0; d < dh; d++) nm[d] = den0 * (double)oold[d];
+#pragma omp simd reduction(+ : onorm)
+            for (Py_ssize_t d = 0; d < dh; d++) onorm += (double)oold[d] * (double)oold[d];
             onorm = sqrt(onorm) * (1.0 + 1e-12);
             for (Py_ssize_t x = 0; x < X; x++) {
                 double w = ei[x];
@@ -204,6 +227,7 @@ CLONES static void lazy_rows(LazyArgs *A) {
                 int removed = (x >= a && x < a + r) || (x >= a + r && x < a + r + M);
                 double sw = removed ? -w : w;
                 const float *vx = vh + x * dh;
+#pragma omp simd
                 for (Py_ssize_t d = 0; d < dh; d++) nm[d] += sw * (double)vx[d];
             }
             /* |den o + sum(+-e v) - exact numerator| */
@@ -211,6 +235,7 @@ CLONES static void lazy_rows(LazyArgs *A) {
                          gsum * (den0 * onorm + ev) + tiny * vmax[h];
             float *on = onew + h * dh;
             double delta = 0.0, n2 = 0.0, rdn = 1.0 / dn; /* one more rounding: within gsum */
+#pragma omp simd reduction(+ : delta, n2)
             for (Py_ssize_t d = 0; d < dh; d++) {
                 on[d] = (float)(nm[d] * rdn);
                 double dd = (double)on[d] - (double)oold[d];
@@ -455,6 +480,7 @@ CLONES static void attend64_rows(const float *q, const float *k, const float *v,
                 if (w == 0.0) continue;
                 den += w;
                 const float *vc = vh + c * dh;
+#pragma omp simd
                 for (Py_ssize_t d = 0; d < dh; d++) oh[d] += w * (double)vc[d];
             }
             for (Py_ssize_t d = 0; d < dh; d++) oh[d] /= den;

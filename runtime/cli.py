@@ -74,7 +74,25 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _check_export_paths(checkpoint: str, out_dir: str) -> None:
+    """Before torch loads: the source exists, the output can be a model directory written beside itself."""
+    from vqinc.runtime.atomic import check_writable_dir
+
+    src, out = Path(checkpoint), Path(out_dir)
+    if not src.exists():
+        raise ValueError(f"{src}: no such checkpoint or model directory")
+    if not src.is_dir():
+        raise ValueError(f"{src}: a file; give a checkpoint directory (config.json, model.safetensors, tokenizer.json)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: a file; the output of export is a (new or existing) model directory")
+    if out.is_dir() and not (out / "manifest.json").exists() and \
+            any(p.name not in ("__init__.py", "__pycache__") for p in out.iterdir()):
+        raise ValueError(f"{out} exists and is not a vqinc model directory; refusing to write into it")
+    check_writable_dir(out, "output directory")
+
+
 def cmd_export(a: argparse.Namespace) -> int:
+    _check_export_paths(a.checkpoint, a.out_dir)
     _need_export_extra("export")
     from vqinc.export.from_dir import is_model_dir
 
@@ -119,8 +137,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_info(a: argparse.Namespace) -> int:
     from vqinc.runtime.info import describe
+    from vqinc.runtime.model import default_model_dir
 
-    print(describe(a.model_dir))
+    print(describe(a.model_dir or default_model_dir()))
     return 0
 
 
@@ -196,18 +215,30 @@ def bundled_histories() -> Path:
     return Path(__file__).resolve().parent / "data" / "pep-dev-histories.jsonl.gz"
 
 
-def _true_labels(path: Path) -> dict[str, str]:
-    """doc_id -> `label` of trace records that carry one (the bundled histories do)."""
-    import gzip
+def _true_labels(path: Path, limit: int | None = None) -> dict[str, str]:
+    """doc_id -> `label` of the first `limit` trace records that carry one (the bundled histories do);
+    reads no further than `read_trace_file(path, limit)` did."""
+    from vqinc.runtime.traces import trace_lines
 
-    with open(path, "rb") as raw:
-        gz = raw.read(2) == b"\x1f\x8b"
-    with (gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8")) as f:
-        records = (json.loads(line) for line in f if line.strip())
-        return {str(r["doc_id"]): str(r["label"]) for r in records if "label" in r}
+    out: dict[str, str] = {}
+    count = 0
+    for _, line in trace_lines(path):
+        if limit is not None and count >= limit:
+            break
+        if not line.strip():
+            continue
+        count += 1
+        try:
+            r = json.loads(line)
+        except (ValueError, RecursionError):  # read_trace_file has vetted these lines; be safe anyway
+            continue
+        if isinstance(r, dict) and "label" in r and "doc_id" in r:
+            out[str(r["doc_id"])] = str(r["label"])
+    return out
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    from vqinc.runtime.info import info_field
     from vqinc.runtime.model import default_model_dir
     from vqinc.runtime.replay import ReplaySummary, replay_trace
     from vqinc.runtime.traces import git_file_history, read_trace_file
@@ -224,12 +255,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
         if not path.exists():
             raise ValueError(f"{path} not found; pass --trace ../shared/data/pep-revisions.jsonl.gz or --git FILE")
         traces = list(read_trace_file(path, limit=a.limit))
-        labels = _true_labels(path)
+        labels = _true_labels(path, a.limit)
     model = _load(str(root), a.threads, a.providers)
-    student = model.manifest.info.get("student", {})
+    info = model.manifest.info
     print(f"model {root.name}: {model.num_layers} layers, d={model.d_model}, labels {list(model.labels)}; "
-          f"test accuracy {student.get('accuracy', 'n/a')}, macro-F1 {student.get('macro_f1', 'n/a')} "
-          f"({model.manifest.info.get('dataset', '?')})")
+          f"test accuracy {info_field(info, 'student', 'accuracy')}, "
+          f"macro-F1 {info_field(info, 'student', 'macro_f1')} "
+          f"({info_field(info, 'dataset')})")
     summary = ReplaySummary()
     for trace in traces:
         truth = f", true label: {labels[trace.doc_id]}" if trace.doc_id in labels else ""
@@ -270,7 +302,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from vqinc.runtime.serve.app import ServeOptions, ServeSetupError, serve
 
     opts = ServeOptions(model_dir=a.model_dir, http=a.http, host=a.host, stdio=a.stdio,
-                        max_documents=a.max_documents, max_chars=a.max_chars, threads=a.threads)
+                        max_documents=a.max_documents, max_documents_per_client=a.max_documents_per_client,
+                        memory_mb=a.memory_mb, max_chars=a.max_chars, threads=a.threads)
     try:
         return serve(opts)
     except ServeSetupError as e:
@@ -312,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_export)
 
     i = sub.add_parser("info", help="what a model directory holds")
-    i.add_argument("model_dir")
+    i.add_argument("model_dir", nargs="?", help="default: the bundled model")
     i.set_defaults(fn=cmd_info)
 
     common = argparse.ArgumentParser(add_help=False)
@@ -355,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="address for --http (default 127.0.0.1: this machine only)")
     sv.add_argument("--stdio", action="store_true", help="with --http: serve LSP on stdio as well")
     sv.add_argument("--max-documents", type=int, default=128, help="open documents at most (all clients)")
+    sv.add_argument("--max-documents-per-client", type=int, default=16,
+                    help="open documents of one connection at most")
+    sv.add_argument("--memory-mb", type=int, default=2048,
+                    help="memory budget of the open documents: admits only as many as fit at their worst case")
     sv.add_argument("--max-chars", type=int, default=200_000, help="characters per document at most")
     sv.set_defaults(fn=cmd_serve)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vqinc.runtime.engine import EditStats
+from vqinc.runtime.plain import plain_fields
 from vqinc.runtime.state import DocState
 from vqinc.runtime.tokens import TokenizedText, diff_texts, retokenize
 
@@ -220,7 +221,7 @@ class Document:
     def _build(self, ids: list[int]) -> DocState:
         m = self.model
         state = DocState.empty(m.spec, cap=max(64, len(ids) + 1 + (len(ids) + 1) // 8))
-        self.history.append(m.engine.apply(state, 0, 0, np.asarray([m.bos_token_id, *ids], np.int64)))
+        self.history.append(plain_fields(m.engine.apply(state, 0, 0, np.asarray([m.bos_token_id, *ids], np.int64))))
         return state
 
     @staticmethod
@@ -250,7 +251,7 @@ class Document:
                 raise
             for (i, d, p), s in zip(work, done, strict=True):
                 d._tok = p.tok
-                d.history.append(s)
+                d.history.append(plain_fields(s))
                 stats[i] = s
         return stats  # type: ignore[return-value]
 

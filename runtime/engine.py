@@ -1,4 +1,4 @@
-"""Propagation of token-level splices through the stage graphs (DESIGN.md §4), for one document or
+"""Propagation of token-level splices through the stage graphs, for one document or
 for many at once.
 
 Per edit: embed the new rows (and their layer-0 q, k, v); then per layer, with C = rows whose

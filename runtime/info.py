@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from vqinc.runtime.manifest import graph_files, load_manifest
+from vqinc.runtime.manifest import ModelDirError, graph_files, load_manifest
 from vqinc.runtime.providers import describe_providers
 from vqinc.runtime.stages import STAGES
 
@@ -21,7 +21,11 @@ def describe(model_dir: str | Path) -> str:
     except ImportError:
         onnx = None
     for rel in graph_files(m) if onnx is not None else []:
-        proto = onnx.load(str(root / rel), load_external_data=False)
+        try:
+            proto = onnx.load(str(root / rel), load_external_data=False)
+        except Exception as e:  # protobuf's DecodeError and friends: the file is not an ONNX model
+            raise ModelDirError(f"{root / rel}: not a readable ONNX model ({type(e).__name__}: "
+                                f"{str(e)[:200] or 'corrupt'})") from None
         ops.update(f"{n.domain}::{n.op_type}" for n in proto.graph.node if n.domain == "vqinc")
     size = sum(f.bytes for f in m.files.values())
     per_layer = [name for name in g if STAGES[name].span != "global"]
@@ -38,13 +42,26 @@ def describe(model_dir: str | Path) -> str:
         "visible key (attention)",
         f"graphs            {len(graph_files(m))} files, {size / 1e6:.1f} MB (sha256 checked); per layer: "
         f"{', '.join(per_layer)}" + ("; monolithic full.onnx" if m.full_graph else "")
-        + (f"; past-KV {m.decoder_graph.file} ({m.info.get('decoder', {}).get('attention', '?')} attention)"
+        + (f"; past-KV {m.decoder_graph.file} ({info_field(m.info, 'decoder', 'attention')} attention)"
            if m.decoder_graph else ""),
         f"custom ops        {', '.join(f'{k} x{v}' for k, v in sorted(ops.items())) or '(pip install onnx to list)'}",
         f"providers         {describe_providers()}",
     ]
     for key in ("teacher", "student"):
         if isinstance(m.info.get(key), dict):
-            lines.append(f"{key + ' (test)':<17} accuracy {m.info[key].get('accuracy', float('nan')):.4f}, "
-                         f"macro-F1 {m.info[key].get('macro_f1', float('nan')):.4f} on {m.info.get('dataset', '?')}")
+            lines.append(f"{key + ' (test)':<17} accuracy {_number(m.info[key].get('accuracy'))}, "
+                         f"macro-F1 {_number(m.info[key].get('macro_f1'))} on {info_field(m.info, 'dataset')}")
     return "\n".join(lines)
+
+
+def info_field(info: dict, *keys: str) -> str:
+    """`info[k0][k1]...` as display text, '?' where a level is missing or of the wrong type (`info` is
+    free-form provenance: a hand-edited manifest must not break `vqinc info`)."""
+    v: object = info
+    for k in keys:
+        v = v.get(k) if isinstance(v, dict) else None
+    return "?" if v is None or isinstance(v, (dict, list)) else str(v)[:200]
+
+
+def _number(v: object) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"

@@ -112,7 +112,8 @@ def load_manifest(model_dir: str | Path, check_hashes: bool = True) -> Manifest:
     (with `check_hashes`) sha256."""
     root = Path(model_dir)
     if not root.is_dir():
-        raise ModelDirError(f"model directory {root} does not exist or is not a directory")
+        what = "is a file, not a directory" if root.exists() else "does not exist"
+        raise ModelDirError(f"model directory {root} {what}")
     path = root / MANIFEST
     raw = _read_json(path)
     version = raw.get("format_version")

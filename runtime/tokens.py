@@ -1,4 +1,4 @@
-"""Incremental tokenisation: a character edit -> the token-level splice (DESIGN §4, "Tokenisation").
+"""Incremental tokenisation: a character edit -> the token-level splice.
 
 Owns `TokenizedText` (text, ids, char offsets, pre-token starts; BOS is NOT included: the document
 puts it in front), `retokenize` and `diff_texts`. It knows nothing of models or ORT.

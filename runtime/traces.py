@@ -97,7 +97,7 @@ def read_trace_file(path: str | os.PathLike[str], limit: int | None = None) -> I
     if p.exists() and not p.is_file():
         raise ValueError(f"{p}: not a file (a trace is a .jsonl or .jsonl.gz file)")
     count = 0
-    for lineno, line in _lines(p):
+    for lineno, line in trace_lines(p):
         if limit is not None and count >= limit:
             return
         if not line.strip():
@@ -113,6 +113,8 @@ def read_trace_file(path: str | os.PathLike[str], limit: int | None = None) -> I
             raise ValueError(f"{p}:{lineno}: {e}") from None
         yield trace
         count += 1
+        if limit is not None and count >= limit:  # not one line more: a bad or truncated rest is never read
+            return
 
 
 def git_file_history(
@@ -179,7 +181,7 @@ def text_edits(old: str, new: str) -> list[Edit]:
 
 
 # -- internals ---------------------------------------------------------------------------------
-def _lines(p: Path) -> Iterator[tuple[int, str]]:
+def trace_lines(p: Path) -> Iterator[tuple[int, str]]:
     """(line number, line) of a plain or gzip file; read errors become ValueErrors naming the file and line."""
     lineno = 0
     with open(p, "rb") as raw:

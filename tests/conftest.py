@@ -11,8 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from checkout_guard import fail_if_outside, take_outside
+from checkout_guard import install as _install_checkout_guard
 from hypothesis import settings
 
+# Tests need nothing outside the checkout (tests/data holds their data): record every file Python opens.
+_install_checkout_guard()
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True)
@@ -146,3 +150,31 @@ def _one_torch_thread():
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
     yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    take_outside()  # anything opened between tests (pytest's own reporting) is not the test's doing
+    result = yield
+    fail_if_outside("setup (fixtures)")
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    result = yield
+    fail_if_outside("test")
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    result = yield
+    fail_if_outside("teardown")
+    return result
+
+
+def pytest_collection_finish(session):
+    outside = take_outside()
+    if outside:
+        raise pytest.UsageError(f"importing the test modules opened files outside the checkout: {outside[:10]}")

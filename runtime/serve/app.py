@@ -30,6 +30,8 @@ class ServeOptions:
     host: str = "127.0.0.1"
     stdio: bool = False
     max_documents: int = 128
+    max_documents_per_client: int = 16
+    memory_mb: int = 2048
     max_chars: int = 200_000
     threads: int | None = None
 
@@ -46,7 +48,7 @@ def check_extra(http: bool, lsp: bool) -> None:
 def serve(opts: ServeOptions) -> int:
     lsp = opts.http is None or opts.stdio
     check_extra(opts.http is not None, lsp)
-    for name in ("max_documents", "max_chars"):
+    for name in ("max_documents", "max_documents_per_client", "memory_mb", "max_chars"):
         if getattr(opts, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
     if opts.http is not None and not 0 <= opts.http <= 65535:
@@ -59,8 +61,13 @@ def serve(opts: ServeOptions) -> int:
     if lsp:
         sys.stdout = sys.stderr  # stdout is the LSP channel from here on
     model = Model.load(opts.model_dir, threads=opts.threads)
+    if lsp and _stdin_closed():
+        print("vqinc serve: stdin is closed (at end of file): nothing to serve over LSP", file=sys.stderr)
+        return 0
     # One front-end runs the model on its own event loop; two share a worker thread.
-    manager = DocumentManager(model, ServeLimits(max_documents=opts.max_documents, max_chars=opts.max_chars),
+    limits = ServeLimits(max_documents=opts.max_documents, max_documents_per_client=opts.max_documents_per_client,
+                         memory_mb=opts.memory_mb, max_chars=opts.max_chars)
+    manager = DocumentManager(model, limits,
                               threaded=opts.http is not None and lsp)
     try:
         if opts.http is None:
@@ -75,6 +82,20 @@ def serve(opts: ServeOptions) -> int:
     finally:
         manager.shutdown()
     return 0
+
+
+def _stdin_closed() -> bool:
+    """stdin is /dev/null or an empty regular file: LSP would read EOF at once."""
+    import os
+    import stat
+
+    try:
+        st = os.fstat(sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):
+        return True
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size == 0
+    return stat.S_ISCHR(st.st_mode) and os.path.samestat(st, os.stat(os.devnull))
 
 
 def _run_lsp(manager, stdout) -> None:

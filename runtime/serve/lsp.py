@@ -36,7 +36,7 @@ from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
 from vqinc.runtime.serve.lines import LineIndex
-from vqinc.runtime.serve.manager import DocumentManager, Drainer, Result, ServeError, call_in_loop
+from vqinc.runtime.serve.manager import DocumentManager, Drainer, Result, ServeError, call_in_loop, worst_json_bytes
 from vqinc.runtime.tokens import diff_texts
 
 log = logging.getLogger("vqinc.serve.lsp")
@@ -323,10 +323,15 @@ def build_server(manager: DocumentManager) -> VqincLanguageServer:
 
 
 # -- stdio -----------------------------------------------------------------------------------------
+MAX_HEADER_LINE = 8192
+"""Bytes of one header line worth reading (LSP has two short headers); longer lines are skipped."""
+
+
 def max_message_bytes(max_chars: int) -> int:
-    """The largest LSP message worth reading: a document at the size limit, every character escaped
-    in JSON (at most 6 bytes: \\uXXXX), plus room for the rest of the message."""
-    return 6 * max_chars + (1 << 20)
+    """The largest LSP message worth reading: a document at the size limit in its worst JSON encoding
+    (every code point escaped, astral ones as a surrogate pair: 12 bytes, \\uXXXX\\uXXXX), plus room
+    for the rest of the message."""
+    return worst_json_bytes(max_chars) + (1 << 20)
 
 
 async def _read_messages(reader, ls: VqincLanguageServer) -> None:
@@ -337,9 +342,14 @@ async def _read_messages(reader, ls: VqincLanguageServer) -> None:
     while True:
         length, bad_header = None, False
         while True:  # headers up to the blank line
-            line = await reader.readline()
+            try:
+                line = await reader.readline()
+            except ValueError:  # a line over the reader's limit: dropped (what follows of it, too)
+                continue
             if not line:
                 return
+            if len(line) > MAX_HEADER_LINE:  # no header of ours is this long: skipped, as unknown ones are
+                continue
             if not line.strip():
                 break
             name, _, value = line.decode("latin-1").partition(":")
@@ -352,11 +362,12 @@ async def _read_messages(reader, ls: VqincLanguageServer) -> None:
             proto.send_error(None, PARSE_ERROR, "a message needs a valid Content-Length header")
             continue
         if length > limit:
-            while length > 0:  # skip the body in chunks without holding it
-                chunk = await reader.read(min(length, 1 << 20))
+            left = length
+            while left > 0:  # skip the body in chunks without holding it
+                chunk = await reader.read(min(left, 1 << 20))
                 if not chunk:
                     return
-                length -= len(chunk)
+                left -= len(chunk)
             proto.send_error(None, INVALID_REQUEST, f"a message of {length} bytes is over this server's limit of "
                              f"{limit} (set by --max-chars)")
             continue
@@ -399,10 +410,12 @@ def run_stdio(ls: VqincLanguageServer, stdin=None, stdout=None) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         ls.loop = loop
-        reader = asyncio.StreamReader(limit=1 << 20)
+        reader = asyncio.StreamReader(limit=MAX_HEADER_LINE)
         try:
+            if not _pollable(stdin):
+                raise ValueError("not a pipe, socket or terminal")
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
-        except (ValueError, OSError):  # a regular file on stdin: read it in a thread instead
+        except (ValueError, OSError):  # a regular file or /dev/null on stdin: read it in a thread instead
             from pygls.io_ import StdinAsyncReader
 
             reader = _FileReader(StdinAsyncReader(stdin, ls.thread_pool))
@@ -417,14 +430,28 @@ def run_stdio(ls: VqincLanguageServer, stdin=None, stdout=None) -> None:
         ls.close_all()
 
 
+def _pollable(stream) -> bool:
+    """epoll takes pipes, sockets and terminals; a regular file or /dev/null it refuses (EPERM, raised
+    later inside the event loop, where it cannot be caught)."""
+    import os
+    import stat
+
+    try:
+        fd = stream.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
+
+
 class _FileReader:
     """pygls' thread-backed stdin reader with the StreamReader calls `_read_messages` uses."""
 
     def __init__(self, r):
         self.r = r
 
-    async def readline(self) -> bytes:
-        return await self.r.readline()
+    async def readline(self) -> bytes:  # bounded: a longer line comes back in pieces
+        return await self.r.loop.run_in_executor(self.r.executor, self.r.stdin.readline, MAX_HEADER_LINE + 1)
 
     async def read(self, n: int) -> bytes:
         return await self.r.readexactly(n)

@@ -33,12 +33,34 @@ class ServeLimits:
     """What one server accepts."""
 
     max_documents: int = 128
-    """Open documents across all connections (each costs its incremental state: ~28 MB at 1,024 tokens
-    on the bundled model)."""
+    """Open documents across all connections, at most (`memory_mb` may allow fewer)."""
+    max_documents_per_client: int = 16
+    """Open documents of one connection (one WebSocket, or the LSP client), at most."""
+    memory_mb: int = 2048
+    """Budget for the documents' state: documents are admitted only while every open one could grow to
+    its worst case (a full window of tokens, `worst_document_bytes`) within it."""
     max_chars: int = 200_000
     """Characters per document (beyond that the model's window refuses it anyway)."""
     history: int = 1_000
     """Edits per document kept for the stats request."""
+
+
+def worst_json_bytes(num_chars: int) -> int:
+    """Bytes of a JSON string of `num_chars` code points in its largest encoding: every code point
+    escaped, astral ones as a surrogate pair (\\uXXXX\\uXXXX, 12 bytes), plus the quotes."""
+    return 12 * num_chars + 2
+
+
+def worst_document_bytes(model, max_chars: int) -> int:
+    """Upper bound on one open document's memory: its state arrays at the largest capacity a document
+    of the model's full window can reach (the window's slots twice, during an edit that replaces them
+    all, plus a quarter of growth), its text and its tokens' Python objects."""
+    from vqinc.runtime.state import DocState
+
+    small, big = (DocState.empty(model.spec, cap=c).nbytes() for c in (64, 128))
+    per_slot = (big - small) / 64
+    slots = int(2 * model.max_positions * 1.25) + 32
+    return int(small + per_slot * (slots - 64)) + 4 * max_chars + 256 * model.max_positions
 
 
 class ServeError(Exception):
@@ -148,6 +170,23 @@ class Drainer:
         self.manager.run_pending()
 
 
+def _check_text(text: object) -> None:
+    if not isinstance(text, str):
+        raise ServeError(f"text must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON allows "\ud800" alone; no text holds it
+        raise ServeError(f"text is not valid Unicode: a lone surrogate {text[e.start]!r} at index {e.start} "
+                         f"(UTF-16 surrogates come in pairs)") from None
+
+
+def _client(key: Hashable) -> Hashable:
+    """The connection a key belongs to: front-ends key documents as (front-end, [connection,] name)."""
+    if isinstance(key, tuple) and len(key) >= 2:
+        return key[:-1] if len(key) > 2 else key[:1]
+    return None
+
+
 def _name(key: Hashable) -> object:
     """How errors name a document: front-ends key them as (front-end, ..., client's name)."""
     return key[-1] if isinstance(key, tuple) and key else key
@@ -162,7 +201,13 @@ class DocumentManager:
         cost a scheduler wake-up each way on a busy machine)."""
         self.model, self.limits, self.threaded = model, limits, threaded
         self.labels = tuple(model.labels)
+        self.document_bytes = worst_document_bytes(model, limits.max_chars)
+        budget_docs = max(1, limits.memory_mb * (1 << 20) // self.document_bytes)
+        self.max_documents = min(limits.max_documents, budget_docs)
+        """Open documents at most: the flag, or fewer where the memory budget says so."""
+        self.max_documents_per_client = min(limits.max_documents_per_client, self.max_documents)
         self._docs: dict[Hashable, _Doc] = {}
+        self._per_client: dict[Hashable, int] = {}
         self._queue: deque[_Job] = deque()
         self._cv = threading.Condition()
         self._model_lock = threading.RLock()  # re-entrant: a result callback may run pending jobs itself
@@ -177,21 +222,28 @@ class DocumentManager:
     # -- requests (any thread) -------------------------------------------------------------------
     def open(self, key: Hashable, text: str, tag: object = None) -> Future:
         """Open `key` holding `text` (an open key is replaced, as an editor re-opening a buffer)."""
-        if not isinstance(text, str):
-            raise ServeError(f"text must be a string, got {type(text).__name__}")
+        _check_text(text)
         if len(text) > self.limits.max_chars:
             raise LimitError(f"document of {len(text)} characters is over this server's limit of "
                              f"{self.limits.max_chars} (--max-chars)")
         with self._cv:
             self._check_running()
-            old = self._docs.pop(key, None)
-            if old is None and len(self._docs) >= self.limits.max_documents:
+            old = self._docs.get(key)
+            client = _client(key)
+            if old is None and len(self._docs) >= self.max_documents:
                 raise LimitError(f"{len(self._docs)} documents are open, the limit of this server "
-                                 f"(--max-documents {self.limits.max_documents}); close one first")
+                                 f"({self.max_documents}: --max-documents {self.limits.max_documents}, memory "
+                                 f"budget {self.limits.memory_mb} MB at {self.document_bytes / 2**20:.0f} MB "
+                                 f"a document at most); close one first")
+            if old is None and self._per_client.get(client, 0) >= self.max_documents_per_client:
+                raise LimitError(f"this connection has {self.max_documents_per_client} documents open, the "
+                                 f"limit of one connection; close one first")
             if old is not None:
+                self._forget(key)
                 self._queue.append(_Job("close", old))
             rec = _Doc(key, len(text), history=deque(maxlen=self.limits.history))
             self._docs[key] = rec
+            self._per_client[client] = self._per_client.get(client, 0) + 1
             return self._enqueue(_Job("open", rec, text=text, tag=tag))
 
     def edit(self, key: Hashable, start: int, end: int, text: str, tag: object = None) -> Future:
@@ -199,8 +251,7 @@ class DocumentManager:
         for name, v in (("start", start), ("end", end)):
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ServeError(f"{name} must be an integer, got {type(v).__name__}")
-        if not isinstance(text, str):
-            raise ServeError(f"text must be a string, got {type(text).__name__}")
+        _check_text(text)
         with self._cv:
             self._check_running()
             rec = self._get(key)
@@ -217,7 +268,7 @@ class DocumentManager:
     def close(self, key: Hashable) -> Future:
         with self._cv:
             rec = self._get(key)
-            del self._docs[key]
+            self._forget(key)
             return self._enqueue(_Job("close", rec))
 
     def close_all(self, keys=None) -> list[Future]:
@@ -271,6 +322,13 @@ class DocumentManager:
         while batch := self._take_batch(block=False):
             done += len(batch)
         return done
+
+    def _forget(self, key: Hashable) -> None:
+        del self._docs[key]
+        client = _client(key)
+        self._per_client[client] -= 1
+        if not self._per_client[client]:
+            del self._per_client[client]
 
     def _get(self, key: Hashable) -> _Doc:
         rec = self._docs.get(key)

@@ -1,7 +1,10 @@
 """HTTP + WebSocket front-end of `vqinc serve --http PORT` (the `websockets` library).
 
 Routes: `GET /` the live page (package data, read once at start-up), `GET /healthz` a JSON status,
-`/ws` the WebSocket. Nothing else is served: no path ever reaches the file system.
+`/ws` the WebSocket. Nothing else is served: no path ever reaches the file system. HEAD is answered
+as GET without the body, any other method with 405. The `Host` header must name this server (an IP
+literal, localhost or the --host name, and the port): a page of another site whose name was made to
+resolve to 127.0.0.1 (DNS rebinding) gets 421, not the page or /healthz.
 
 The WebSocket protocol is JSON, one object per text frame. Offsets count Unicode code points (Python
 string indices; a browser converts from UTF-16, see static/index.html).
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import itertools
 import json
 import logging
@@ -42,10 +46,16 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from vqinc.runtime.serve.manager import DocumentManager, Drainer, Result, ServeError, call_in_loop
+from vqinc.runtime.serve.manager import DocumentManager, Drainer, Result, ServeError, call_in_loop, worst_json_bytes
 
 log = logging.getLogger("vqinc.serve.web")
 MAX_ID = 200
+MAX_CONNECTIONS = 64
+"""WebSocket connections at once (each holds at most MAX_QUEUE frames read ahead, MAX_UNANSWERED answers)."""
+MAX_UNANSWERED = 64
+"""Answers one connection may leave unread before the server stops reading its requests."""
+MAX_QUEUE = 4
+"""Incoming frames the library buffers per connection before it stops reading the socket."""
 _conn_ids = itertools.count()
 
 
@@ -72,20 +82,42 @@ class WebFrontend:
         self.drainer = Drainer(manager)
         self.page = page_bytes()
         self.hello = {"type": "hello", "labels": list(manager.labels), "model": model_name,
-                      "max_documents": manager.limits.max_documents, "max_chars": manager.limits.max_chars,
+                      "max_documents": manager.max_documents,
+                      "max_documents_per_client": manager.max_documents_per_client,
+                      "max_chars": manager.limits.max_chars,
                       "max_tokens": max_tokens}
         self.host, self.port = "127.0.0.1", 0
         self.connections = 0
+        self.sessions: set[_Session] = set()
+        """The live WebSocket sessions (for /healthz and tests)."""
 
     # -- HTTP ------------------------------------------------------------------------------------
     def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        hosts = request.headers.get_all("Host")
+        host = hosts[0] if len(hosts) == 1 else None  # none or several: 400
+        if not self._own_host(host):  # DNS rebinding: another site's name resolved to this address
+            return _response(conn, 421 if host else 400, f"host {host!r} is not this server's address "
+                             f"(use http://127.0.0.1:{self.port}/)\n".encode(), "text/plain; charset=utf-8")
+        if request.method not in ("GET", "HEAD"):
+            resp = _response(conn, 405, f"method {request.method} is not allowed: GET or HEAD\n".encode(),
+                             "text/plain; charset=utf-8")
+            resp.headers["Allow"] = "GET, HEAD"
+            return resp
+        if request.method == "HEAD":
+            if path == "/ws":
+                return _response(conn, 405, b"", "text/plain; charset=utf-8")
+            resp = self._route(conn, path)
+            return dataclasses.replace(resp, body=b"")  # Content-Length stays the GET body's
         if path == "/ws":
             origin = request.headers.get("Origin")
             if origin is not None and origin not in self._own_origins():
                 return _response(conn, 403, f"origin {origin} may not use this server\n".encode(),
                                  "text/plain; charset=utf-8")
             return None  # go on with the WebSocket handshake
+        return self._route(conn, path)
+
+    def _route(self, conn: ServerConnection, path: str) -> Response:
         if path in ("/", "/index.html"):
             return _response(conn, 200, self.page, "text/html; charset=utf-8")
         if path == "/healthz":
@@ -94,29 +126,66 @@ class WebFrontend:
             return _response(conn, 200, body, "application/json")
         return _response(conn, 404, b"not found\n", "text/plain; charset=utf-8")
 
+    def _own_host(self, host: str | None) -> bool:
+        """`Host` names this server: an IP literal, localhost or the --host name, with the served port. A
+        rebinding attack needs a domain name of its own, so it never passes."""
+        if not host:
+            return False
+        name, sep, port = host.strip().lower().rpartition(":")
+        if not sep or port != str(self.port) or (name.startswith("[") != name.endswith("]")):
+            return False
+        name = name.strip("[]")
+        if name in ("localhost", self.host.lower().strip("[]")):
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
     def _own_origins(self) -> set[str]:
         hosts = {"127.0.0.1", "localhost", "[::1]", self.host if ":" not in self.host else f"[{self.host}]"}
         return {f"http://{h}:{self.port}" for h in hosts}
 
     # -- WebSocket -------------------------------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
+        if self.connections >= MAX_CONNECTIONS:
+            await ws.close(1013, f"this server takes {MAX_CONNECTIONS} connections at most; try again later")
+            return
         out: asyncio.Queue = asyncio.Queue()
-        session = _Session(next(_conn_ids), asyncio.get_running_loop(), lambda msg: out.put_nowait(json.dumps(msg)))
+        room = asyncio.Event()
+        room.set()
+
+        def put(msg: dict) -> None:
+            out.put_nowait(json.dumps(msg))
+
+        session = _Session(next(_conn_ids), asyncio.get_running_loop(), put)
         self.connections += 1
+        self.sessions.add(session)
 
         async def sender() -> None:
             while True:
-                await ws.send(await out.get())
+                await ws.send(await out.get())  # waits while the client does not read (TCP backpressure)
+                session.unanswered -= 1
+                if session.unanswered < MAX_UNANSWERED:
+                    room.set()
 
         send_task = asyncio.create_task(sender())
+        session.unanswered += 1
         session.put(self.hello)
         try:
             async for frame in ws:
+                session.unanswered += 1  # every frame gets exactly one answer
+                session.peak_unanswered = max(session.peak_unanswered, session.unanswered)
                 self._dispatch(session, frame)
+                if session.unanswered >= MAX_UNANSWERED:  # a client that does not read its answers: stop
+                    room.clear()                           # reading its requests until it does
+                    await room.wait()
         except ConnectionClosed:
             pass
         finally:
             self.connections -= 1
+            self.sessions.discard(session)
             self.manager.close_all(list(session.keys))
             self.drainer.kick(session.loop)
             send_task.cancel()
@@ -145,7 +214,9 @@ class WebFrontend:
                 fut = self.manager.open(key, msg.get("text", ""), tag=seq)
                 session.keys.add(key)
             elif kind == "edit":
-                fut = self.manager.edit(key, msg.get("start"), msg.get("end"), msg.get("text", ""), tag=seq)
+                if "text" not in msg:  # never a silent delete: an edit names what replaces the span
+                    raise ServeError('an edit needs "text" (the replacement; "" to delete)')
+                fut = self.manager.edit(key, msg.get("start"), msg.get("end"), msg["text"], tag=seq)
             elif kind == "close":
                 fut = self.manager.close(key)
                 session.keys.discard(key)
@@ -179,7 +250,7 @@ class WebFrontend:
             session.put({"type": "result", "id": doc_id, "seq": res.tag, **res.to_json(self.manager.labels)})
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Session:
     """One WebSocket connection: its documents, and the last unanswered request of each (so that an
     answer given at once, such as a refused edit, never overtakes the answers to earlier requests)."""
@@ -189,6 +260,9 @@ class _Session:
     put: Callable[[dict], None]
     keys: set = dataclasses.field(default_factory=set)
     pending: dict = dataclasses.field(default_factory=dict)
+    unanswered: int = 0
+    """Requests read whose answer is not sent yet (bounded: `MAX_UNANSWERED`)."""
+    peak_unanswered: int = 0
 
     def after(self, doc_id: str | None, msg: dict) -> None:
         last = self.pending.get(doc_id) if doc_id is not None else None
@@ -201,9 +275,11 @@ class _Session:
 async def serve_web(front: WebFrontend, host: str, port: int, ready: Callable[[int], None] | None = None,
                     stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or forever); `ready(port)` is called once the socket is bound."""
-    max_frame = front.manager.limits.max_chars * 4 + 4096  # UTF-8: at most 4 bytes a character
+    # The largest frame a client may need: an open of a document at the size limit, in the largest JSON
+    # encoding (12 bytes a code point), plus the message's other fields.
+    max_frame = worst_json_bytes(front.manager.limits.max_chars) + MAX_ID * 12 + 4096
     async with serve(front.handle, host, port, process_request=front.process_request, max_size=max_frame,
-                     logger=log) as server:
+                     max_queue=MAX_QUEUE, logger=log) as server:
         front.host, front.port = host, server.sockets[0].getsockname()[1]
         if ready is not None:
             ready(front.port)

@@ -7,17 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+from tests_support import PEP_TYPES
 from tokenizers import Tokenizer, decoders, pre_tokenizers
 
 from vqinc.model.bpe import save_tokenizer, train_bpe
 
-PEP_TYPES = Path(__file__).resolve().parents[3] / "shared" / "data" / "pep-types.jsonl.gz"
 SAMPLES = ["", "hello", " hello", "Hello, wörld! 😀 中文\n\n\tx = f(1, 2)  # ok", "<s> inside", "\x00\x7f\u2028"]
 
 
 def _corpus(limit: int = 150_000) -> list[str]:
-    if not PEP_TYPES.exists():
-        return ["def f(x):\n    return x + 1  # the answer\n" * 40, "Some prose, with words and more words.\n" * 40]
     texts, size = [], 0
     with gzip.open(PEP_TYPES, "rt", encoding="utf-8") as f:
         for line in f:

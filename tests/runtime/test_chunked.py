@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests_support import assert_chunks_same_as_full
 
 from vqinc.runtime.chunked import ChunkedDocument
 from vqinc.runtime.chunking import ChunkConfig
@@ -45,6 +46,7 @@ def assert_same_as_fresh(model, doc: ChunkedDocument) -> None:
     for a, b in zip(doc.chunk_logits(), ref.chunk_logits(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
     np.testing.assert_allclose(doc.logits, ref.logits, atol=1e-4, rtol=0)
+    assert_chunks_same_as_full(model, doc)
 
 
 def test_long_text_is_several_chunks_within_the_window(model):

@@ -9,13 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests_support import PEP_REVISIONS, PEP_TYPES
 
 from vqinc.runtime.cli import main
 from vqinc.runtime.model import Model, default_model_dir
 from vqinc.runtime.replay import ReplaySummary, replay_trace
 from vqinc.runtime.traces import read_trace_file
-
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "pep-revisions.jsonl.gz"
 
 
 def _git_repo(tmp_path: Path) -> Path:
@@ -39,6 +38,14 @@ def test_info_names_ops_and_sizes(exported, capsys):
     assert "vqinc::VQEncode x" in out and "vqinc::VQDecode x" in out and "sha256 checked" in out
 
 
+def test_info_without_a_directory_describes_the_bundled_model(capsys):
+    if not (default_model_dir() / "manifest.json").exists():
+        pytest.skip("no bundled model")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"model directory   {default_model_dir()}\n") and "sha256 checked" in out
+
+
 def test_run_classifies_a_file(exported, tmp_path, capsys):
     f = tmp_path / "t.txt"
     f.write_text("An utterly charming film.")
@@ -56,16 +63,15 @@ def test_replay_git_history(exported, tmp_path, capsys):
 
 def test_replay_trace_file_keeps_the_invariant(loaded, tmp_path):
     """A real PEP history (windowed): after every revision the document equals a fresh one."""
-    if not SHARED.exists():
-        pytest.skip(f"{SHARED} not present")
-    from tests_support import assert_same_as_fresh
+    from tests_support import assert_same_as_fresh, assert_same_as_full
 
     model = loaded["llama-rope"]
-    trace = next(read_trace_file(SHARED))
+    trace = next(read_trace_file(PEP_REVISIONS))
     holder = {}
 
     def check(rev):
         assert_same_as_fresh(model, holder["summary"].document)
+        assert_same_as_full(model, holder["summary"].document)
         holder["n"] = holder.get("n", 0) + 1
 
     from vqinc.runtime.replay import ReplaySummary
@@ -137,10 +143,7 @@ def test_bundled_histories_are_dev_split_only():
 
     from vqinc.runtime.cli import bundled_histories
 
-    types = SHARED.parent / "pep-types.jsonl.gz"
-    if not types.exists():
-        pytest.skip(f"{types} not present")
-    with gzip.open(types, "rt", encoding="utf-8") as f:
+    with gzip.open(PEP_TYPES, "rt", encoding="utf-8") as f:
         split = {r["doc_id"]: r["split"] for r in map(json.loads, f)}
     ids = [t.doc_id for t in read_trace_file(bundled_histories())]
     assert ids and all(split[i] == "dev" for i in ids)
@@ -194,7 +197,7 @@ ENDS = {"doc_id": "ends", "base": "hello world",
 
 def test_replay_reaches_inserts_at_offset_0_and_appends_at_the_end(loaded):
     """A document that fits the window used to skip both as "outside the window" (and --check still passed)."""
-    from tests_support import assert_same_as_fresh
+    from tests_support import assert_same_as_fresh, assert_same_as_full
 
     from vqinc.runtime.traces import Trace, _parse_trace
 
@@ -209,6 +212,7 @@ def test_replay_reaches_inserts_at_offset_0_and_appends_at_the_end(loaded):
     assert summary.document.text == texts[-1]
     assert summary.code_flips == 0 and summary.checked_revisions == 3
     assert_same_as_fresh(model, summary.document)
+    assert_same_as_full(model, summary.document)
 
 
 def test_replay_cli_checks_the_document_against_the_trace_text(exported, tmp_path, capsys):
@@ -325,8 +329,8 @@ def test_run_and_info_on_bad_model_directories_are_one_line_exit_2(exported, tmp
 
     shutil.copytree(exported["llama-none"].model_dir, broken)
     (broken / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
-    for model_dir, match in ((tmp_path / "nope", r"does not exist or is not a directory"),
-                             (tmp_path / "t.txt", r"does not exist or is not a directory"),
+    for model_dir, match in ((tmp_path / "nope", r"nope does not exist"),
+                             (tmp_path / "t.txt", r"t\.txt is a file, not a directory"),
                              (tmp_path, r"manifest\.json: missing"),
                              (broken, r"manifest\.json: not a valid manifest \(RecursionError")):
         assert main(["run", str(model_dir), str(tmp_path / "t.txt"), "--threads", "1"]) == 2

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from tests_support import assert_same_as_fresh
+from tests_support import assert_same_as_fresh, assert_same_as_full
 
 from vqinc.runtime.document import HISTORY
 
@@ -50,6 +50,7 @@ def test_invalid_edit_after_non_canonical_token_edit_changes_nothing(loaded):
     _assert_unchanged(doc, snap)
     doc.edit(0, 2, "A")  # a valid edit re-canonicalises the tokens and equals a fresh document
     assert_same_as_fresh(model, doc)
+    assert_same_as_full(model, doc)
 
 
 def test_lone_surrogates_are_refused_everywhere(loaded):
@@ -116,6 +117,7 @@ def test_one_document_edited_from_two_threads(loaded):
     assert doc.text.count("a") == 40 + "The proposal adds a keyword.".count("a")
     assert doc.text.count("b") == 40 + "The proposal adds a keyword.".count("b")
     assert_same_as_fresh(model, doc)
+    assert_same_as_full(model, doc)
 
 
 @pytest.mark.parametrize("name", ["llama-none", "llama-rope", "opt-learned"])
@@ -133,6 +135,7 @@ def test_edit_many_equals_editing_each_alone(loaded, name):
         assert (d_many.codes == d_one.codes).all()
         np.testing.assert_allclose(d_many.logits, d_one.logits, atol=1e-4, rtol=0)
         assert_same_as_fresh(model, d_many)
+        assert_same_as_full(model, d_many)
 
 
 def test_edit_many_applies_repeated_documents_in_order_and_shares_calls(loaded):
@@ -143,6 +146,7 @@ def test_edit_many_applies_repeated_documents_in_order_and_shares_calls(loaded):
     assert stats[0].graph_calls == stats[1].graph_calls  # one engine pass for the first round
     for d in (a, b):
         assert_same_as_fresh(model, d)
+        assert_same_as_full(model, d)
 
 
 def test_edit_many_validates_everything_first(loaded):
@@ -190,6 +194,7 @@ def test_edit_many_and_single_edits_from_threads_do_not_deadlock(loaded):
         assert d.text.endswith(base)
         assert d.text.count("x") == 30 + base.count("x") and d.text.count("y") == 15 + base.count("y")
         assert_same_as_fresh(model, d)
+        assert_same_as_full(model, d)
 
 
 def test_large_deletions_give_memory_back_and_stay_exact(loaded):
@@ -200,5 +205,7 @@ def test_large_deletions_give_memory_back_and_stay_exact(loaded):
     assert doc.state.capacity < cap / 2  # compacted to the rows left
     assert doc.state.order.tolist() == list(range(doc.state.n))
     assert_same_as_fresh(model, doc)
+    assert_same_as_full(model, doc)
     doc.edit(5, 5, " grows again: the proposal adds a keyword")
     assert_same_as_fresh(model, doc)
+    assert_same_as_full(model, doc)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests_support import assert_same_as_fresh, edit_checking_every_step
+from tests_support import assert_same_as_fresh, assert_same_as_full, edit_checking_every_step
 
 from vqinc.runtime.model import Model, default_model_dir
 
@@ -66,6 +66,7 @@ def test_bundled_model_thousands_of_unicode_edits_keep_every_code(bundled):
             text = text[:a] + piece + text[b:]
             assert doc.text == text
             assert_same_as_fresh(bundled, doc)
+            assert_same_as_full(bundled, doc)
             edits += 1
             near_ties += s.near_ties
     assert edits == 2400

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from tests_support import assert_same_as_fresh
+from tests_support import assert_same_as_fresh, assert_same_as_full
 
 from vqinc.runtime.manifest import ModelDirError, file_sha256
 from vqinc.runtime.model import Model
@@ -116,6 +116,7 @@ def test_engine_failure_mid_edit_restores_document(loaded, monkeypatch, stage):
     _assert_unchanged(doc, snap)
     doc.edit(4, 12, "film")  # and the document still edits correctly afterwards
     assert_same_as_fresh(model, doc)
+    assert_same_as_full(model, doc)
 
 
 def _copy(exported, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests_support import WORDS, edit_checking_every_step, kernel_path
+from tests_support import WORDS, assert_same_as_full, edit_checking_every_step, kernel_path
 
 MODES = ["llama-none", "llama-rope", "opt-learned"]
 
@@ -88,6 +88,7 @@ def test_edit_then_undo_restores_every_code(loaded, name):
     assert doc.text == text
     assert (doc.codes == codes).all()
     np.testing.assert_allclose(doc.logits, logits, atol=1e-5)
+    assert_same_as_full(loaded[name], doc)
 
 
 @pytest.mark.parametrize("name", MODES)
@@ -102,6 +103,7 @@ def test_edits_one_by_one_equal_composed_edit(loaded, name):
     assert one.text == composed.text
     assert (one.codes == composed.codes).all()
     np.testing.assert_allclose(one.logits, composed.logits, atol=1e-4)
+    assert_same_as_full(model, one)
 
 
 @pytest.mark.parametrize("name", MODES)
@@ -121,6 +123,7 @@ def test_token_edits_equal_fresh_from_ids(loaded, name, data):
         assert doc.token_ids.tolist() == ids
         assert (doc.codes == ref.codes).all()
         np.testing.assert_allclose(doc.logits, ref.logits, atol=1e-4)
+        assert_same_as_full(model, doc, ids)
 
 
 def test_insertion_is_sparse_without_positions(loaded):
@@ -144,3 +147,21 @@ def test_learned_positions_fall_back_to_prefix_reuse(loaded):
     assert s.rows["embed_qkv"][0] >= n - 2
     s = doc.edit(len(doc.text), len(doc.text), " x")
     assert s.rows["embed_qkv"][0] <= 3
+
+
+def test_the_full_onnx_oracle_sees_one_wrong_code_or_logit(loaded):
+    """assert_same_as_full is a check: a document whose state is off by one code, or by 1e-3 in one logit,
+    fails it (the state is tampered with directly; the engine never sees it)."""
+    model = loaded["llama-rope"]
+    doc = model.document("The proposal adds a keyword to the grammar.")
+    assert_same_as_full(model, doc)
+    layer = doc.state.layers[1]
+    row = int(doc.state.order[3])
+    saved = layer.codes[row, 0]
+    layer.codes[row, 0] = (saved + 1) % model.spec.num_codes
+    with pytest.raises(AssertionError, match="1 codes differ from full.onnx"):
+        assert_same_as_full(model, doc)
+    layer.codes[row, 0] = saved
+    doc.state.logits[0] += 1e-3
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        assert_same_as_full(model, doc)

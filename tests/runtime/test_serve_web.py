@@ -71,7 +71,8 @@ def test_ws_results_equal_fresh_documents(model):
     async def run(port: int) -> None:
         async with Client.connect(port) as c:
             assert c.hello == {"type": "hello", "labels": list(model.labels), "model": "tiny", "max_documents": 128,
-                               "max_chars": 200_000, "max_tokens": model.max_positions - 1}
+                               "max_documents_per_client": 16, "max_chars": 200_000,
+                               "max_tokens": model.max_positions - 1}
             text = "An utterly charming film 🙂, though 日本 drags."
             res = await c.ask(type="open", id="d", text=text, seq=0)
             assert res["type"] == "result" and res["id"] == "d" and res["seq"] == 0
@@ -129,7 +130,7 @@ def test_ws_malformed_frames_are_answered_and_the_connection_goes_on(model):
             assert_matches_fresh(model, res, "fine!")
             assert (await c.ask(type="close", id="zzz"))["code"] == "not_open"
             # A frame over the size limit: the library closes the connection with 1009 (message too big).
-            await c.ws.send("x" * 6000)  # max_chars 100: frames up to 4 * 100 + 4096 bytes
+            await c.ws.send("x" * 9000)  # max_chars 100: frames up to 12 * 100 + 2 + 2400 + 4096 bytes
             with pytest.raises(ConnectionClosed) as closed:
                 await c.recv()
             assert closed.value.rcvd.code == 1009

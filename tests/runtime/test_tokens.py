@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests_support import PEP_REVISIONS, PEP_TYPES
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 
 from vqinc.model.bpe import train_bpe
 from vqinc.runtime.tokens import TokenEdit, TokenizedText, diff_texts, retokenize
 from vqinc.runtime.traces import read_trace_file
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-PEP_TYPES = DATA / "pep-types.jsonl.gz"
 # Llama-3 / tiktoken cl100k pre-tokenizer regex: look-ahead over whitespace runs, newline groups
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -30,16 +28,14 @@ PIECES = ["a", "b", "é", "😀", "🇫🇷", " ", "  ", "\n", "\n\n", "\t", "\r
 
 
 def _corpus() -> list[str]:
-    if PEP_TYPES.exists():
-        with gzip.open(PEP_TYPES, "rt", encoding="utf-8") as f:
-            texts, size = [], 0
-            for line in f:
-                texts.append(json.loads(line)["text"])
-                size += len(texts[-1])
-                if size > 300_000:
-                    break
-        return texts
-    return ["The quick brown fox jumps over the lazy dog's back, 12 times.\n" * 50] * 20
+    with gzip.open(PEP_TYPES, "rt", encoding="utf-8") as f:
+        texts, size = [], 0
+        for line in f:
+            texts.append(json.loads(line)["text"])
+            size += len(texts[-1])
+            if size > 300_000:
+                break
+    return texts
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +131,9 @@ def test_random_edits_match_scratch(tokenizer: Tokenizer, excerpts: list[str]) -
     run()
 
 
-@pytest.mark.skipif(not (DATA / "pep-revisions.jsonl.gz").exists(), reason="no shared trace file")
 def test_real_history_replays_exactly(tokenizer: Tokenizer) -> None:
     """Every atomic edit of a real PEP history (pep-0002: 13 revisions, ~500 edits) through retokenize."""
-    trace = next(t for t in read_trace_file(DATA / "pep-revisions.jsonl.gz", limit=3) if t.doc_id == "pep-0002")
+    trace = next(t for t in read_trace_file(PEP_REVISIONS) if t.doc_id == "pep-0002")
     doc = TokenizedText.build(tokenizer, trace.base)
     ids = doc.ids.tolist()
     for rev, text in zip(trace.revisions, trace.texts(), strict=True):

@@ -1,4 +1,4 @@
-"""Edit histories: the shared PEP trace file, git histories, atomic diffs and the progress wrapper."""
+"""Edit histories: the PEP trace file (the suite's sample), git histories, atomic diffs and the progress wrapper."""
 
 from __future__ import annotations
 
@@ -13,21 +13,19 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests_support import PEP_REVISIONS
 
 from vqinc.runtime.progress import progress
 from vqinc.runtime.traces import Edit, Revision, Trace, git_file_history, read_trace_file, text_edits
 
-PEP_REVISIONS = Path(__file__).resolve().parents[3] / "shared" / "data" / "pep-revisions.jsonl.gz"
 HYP = settings(max_examples=100, deadline=None, derandomize=True)
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-needs_data = pytest.mark.skipif(not PEP_REVISIONS.exists(), reason=f"{PEP_REVISIONS} not present")
 
 
-# -- the shared trace file ---------------------------------------------------------------------
-@needs_data
+# -- the trace file ----------------------------------------------------------------------------
 def test_real_traces_replay_in_bounds() -> None:
     traces = list(read_trace_file(PEP_REVISIONS, limit=4))
-    assert [t.doc_id for t in traces] == ["pep-0001", "pep-0002", "pep-0003", "pep-0004"]
+    assert [t.doc_id for t in traces] == ["pep-0001", "pep-0002", "pep-0004", "pep-0006"]
     for trace in traces:
         assert trace.base and len(trace.revisions) >= 8 and trace.num_edits > 0
         text = trace.base
@@ -39,7 +37,6 @@ def test_real_traces_replay_in_bounds() -> None:
             assert text == after
 
 
-@needs_data
 def test_plain_and_gzip_files_read_alike(tmp_path: Path) -> None:
     with gzip.open(PEP_REVISIONS, "rt", encoding="utf-8") as f:
         lines = [next(f) for _ in range(2)]
