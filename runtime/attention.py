@@ -1,14 +1,14 @@
-"""Attention state of one layer: recomputing rows with the `attend` graph, and the lazy update of
-rows that only see a few keys come and go.
+"""Attention state of one layer: recomputing rows (C float64 for a few rows, the `attend` graph for
+more), and the lazy update of rows that only see a few keys come and go.
 
-A row's attention summary (per head) is m (reference point), den = Σ exp(s_j − m), a margin (how far
-the exact output lies inside its code's Voronoi cell) and a radius (how far it lies from its code
-vector). When keys are added or removed, with weights e_x = exp(s_x − m):
-    den' = den ± Σ e_x,   o' − o = Σ ±e_x (v_x − o) / den',  |o' − o| <= Σ e_x (|v_x − c_code| + radius) / den'
-and a key whose k, v changed moves o by e_new (v_new − v_old) + (e_new − e_old)(v_old − o), small when
-the key barely changed. The margin shrinks and the radius grows by that bound; the code provably stays
-while the margin is positive. Every float step is bounded (numerics.py), so the proof covers the
-float computation, not only exact arithmetic.
+A row's attention state (per head) is its output o (float32) with a bound o_err on |o − exact|, m
+(reference point), den = Σ exp(s_j − m) with its bound den_err, and a margin (how far the exact output
+provably lies inside its code's Voronoi cell). When keys come and go, with weights e_x = exp(s_x − m):
+    den' = den ± Σ e_x,   o' = (den·o ± Σ e_x v_x) / den',   |o'_exact − o_exact| <= Σ e_x (|v_x| + vmax) / den'
+First the cheap test: if the margin covers that movement, o stays and o_err absorbs it; otherwise o' is
+computed and rescored against the codebook, which proves the nearest code (old or new) whenever o' lies
+far enough inside a cell; otherwise the row is recomputed. Every float step is bounded (numerics.py,
+_kernels.c), so the proof covers the float computation, not only exact arithmetic.
 """
 
 from __future__ import annotations

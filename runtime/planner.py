@@ -42,8 +42,8 @@ class EditShape:
 @dataclass(frozen=True)
 class Costs:
     """Relative costs for choosing between the lazy and the dense path, in units of one (query, key)
-    pair of the `attend` graph. Measured on a 2-core x86 machine (README, "Engine"): a lazy update costs
-    about `per_row` pairs per query plus `per_key` pairs per (query, changed key)."""
+    pair of the `attend` graph. Measured on a 2-core x86 machine with engine v2 (benchmarks/README.md): a
+    lazy update costs about `per_row` pairs per query plus `per_key` pairs per (query, changed key)."""
 
     per_row: float = 40.0
     per_key: float = 1.5
