@@ -6,6 +6,8 @@ its own error."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -115,28 +117,49 @@ def test_a_burst_is_one_engine_edit_and_exact(model, case):
         mgr.shutdown()
 
 
+class GatedModel:
+    """The model, whose `document` waits for `gate` (to hold the worker while edits queue up)."""
+
+    def __init__(self, model):
+        self._m, self.gate = model, threading.Event()
+        self.gate.set()
+
+    def __getattr__(self, name):
+        return getattr(self._m, name)
+
+    def document(self, text="", chunked=None):
+        self.gate.wait(30)
+        return self._m.document(text, chunked=chunked)
+
+
 def test_random_bursts_through_the_worker(model):
     """Keystrokes faster than the model: with the worker thread, whatever bursts form, every reply comes,
     in order, and the document ends equal to a fresh one."""
     rng = np.random.default_rng(0)
-    mgr = DocumentManager(model)
+    gated = GatedModel(model)
+    mgr = DocumentManager(gated)
     try:
         text = "An utterly charming film."
         mgr.open("d", text).result(30)
         futures = []
+        gated.gate.clear()  # the worker blocks building "blocker": the first 60 edits surely form one burst
+        blocker = mgr.open("blocker", "x")
         for i in range(120):
+            if i == 60:
+                gated.gate.set()  # then the worker races the rest: bursts of any size
             a = int(rng.integers(0, len(text) + 1))
             b = min(len(text), a + int(rng.integers(0, 3)))
             u = str(rng.choice(WORDS)) if rng.random() < 0.7 else ""
             futures.append(mgr.edit("d", a, b, u, tag=i))
             text = text[:a] + u + text[b:]
         results = [f.result(30) for f in futures]
+        assert blocker.result(30).error is None
         assert [r.tag for r in results] == list(range(120))
         assert results[-1].num_chars == len(text) and all(r.error is None for r in results)
         doc = mgr._docs["d"].doc
         assert doc.text == text
         assert_doc_is_fresh(model, doc)
-        assert max(r.coalesced for r in results) > 1  # some burst formed while the model ran
+        assert max(r.coalesced for r in results) >= 60
     finally:
         mgr.shutdown()
 
