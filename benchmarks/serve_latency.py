@@ -9,7 +9,13 @@ alternating which goes first. Reported: median / p90 of the round trip, of the l
 server's own `doc.edit` time (from the result), and of round trip minus the server's `doc.edit` (the
 protocol's overhead per keystroke). The issue's goal: median round trip <= median local doc.edit + 2 ms.
 
+`--burst N`: instead, after the warm-up keystrokes (one at a time), send N keystrokes within
+`--burst-ms` (default 100 ms) without waiting, as a fast typist, a macro or a plugin does, and report
+the round trip of each (its didChange sent -> its `vqinc/result` received: p50 / p99 / max), how many
+results said `coalesced`, and the check that the last result equals a fresh (chunked) document of the final text.
+
     python benchmarks/serve_latency.py [--model-dir DIR] [--tokens 1024] [--edits 200] [--warmup 20] [--repeats 3]
+    python benchmarks/serve_latency.py --burst 180 [--burst-ms 100]
 """
 
 from __future__ import annotations
@@ -107,6 +113,40 @@ async def measure(args, model, text: str, edits) -> dict:
         local.edit(a, b, piece)
         return (time.perf_counter() - t0) * 1e3
 
+    def change_of(i: int, a: int, b: int, piece: str):
+        return t.DidChangeTextDocumentParams(
+            text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=i + 2),
+            content_changes=[t.TextDocumentContentChangePartial(
+                range=t.Range(start=lsp_position(text, a), end=lsp_position(text, b)), text=piece)])
+
+    if args.burst:
+        for i, (a, b, piece) in enumerate(edits[: args.warmup]):  # steady: one at a time
+            await remote(change_of(i, a, b, piece))
+            local.edit(a, b, piece)
+            text = text[:a] + piece + text[b:]
+        sent, t_start = {}, time.perf_counter()
+        for k, (a, b, piece) in enumerate(edits[args.warmup: args.warmup + args.burst]):
+            i = args.warmup + k
+            while (wait := t_start + k * args.burst_ms / 1e3 / args.burst - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            change = change_of(i, a, b, piece)
+            sent[i + 2] = time.perf_counter()
+            client.text_document_did_change(change)
+            text = text[:a] + piece + text[b:]  # no local doc.edit here: nothing but sending in the burst
+        span_ms = (time.perf_counter() - t_start) * 1e3
+        rows, last = [], None
+        for _ in range(args.burst):
+            t1, res = await results.get()
+            rows.append(((t1 - sent[res["version"]]) * 1e3, res.get("coalesced", 1), res["ms"]))
+            last = res
+        fresh = model.document(text, chunked=True)  # as the server's documents (past the window: chunks)
+        assert last["version"] == max(sent) and last["label"] == fresh.label and last["chars"] == len(text)
+        assert np.abs(np.asarray(last["logits"]) - fresh.logits).max() < 1e-4, (last["logits"], fresh.logits)
+        await client.shutdown_async(None)
+        client.exit(None)
+        await client.stop()
+        return np.array(rows), span_ms
+
     rows = []
     for i, (a, b, piece) in enumerate(edits):
         change = t.DidChangeTextDocumentParams(
@@ -128,6 +168,15 @@ async def measure(args, model, text: str, edits) -> dict:
     client.exit(None)
     await client.stop()
     return np.array(rows)
+
+
+def summarize_burst(rows: np.ndarray, span_ms: float) -> dict:
+    rtt, coalesced, server = rows.T
+    q = lambda x, p: round(float(np.percentile(x, p)), 3)  # noqa: E731
+    return {"burst": len(rows), "sent_within_ms": round(span_ms, 1),
+            "round_trip_ms": {"p50": q(rtt, 50), "p99": q(rtt, 99), "max": q(rtt, 100)},
+            "results_coalesced": int((coalesced > 1).sum()), "engine_edits": int(round(float((1 / coalesced).sum()))),
+            "server_doc_edit_ms_median": q(server, 50)}
 
 
 def summarize(rows: np.ndarray) -> dict:
@@ -153,6 +202,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--threads", type=int, default=1, help="ORT threads, for the server and the local model alike")
     p.add_argument("--repeats", type=int, default=1, help="runs, each with a fresh server")
+    p.add_argument("--burst", type=int, default=0, help="send this many keystrokes without waiting (see above)")
+    p.add_argument("--burst-ms", type=float, default=100.0, help="... within this many milliseconds")
     p.add_argument("--out", default=None, help="write the summary as JSON here")
     args = p.parse_args()
 
@@ -160,13 +211,14 @@ def main() -> int:
 
     model = Model.load(args.model_dir, threads=args.threads)
     name, text = source_text(model, args.tokens)
-    edits = keystrokes(text, args.edits + args.warmup)
+    edits = keystrokes(text, (args.burst or args.edits) + args.warmup)
     import onnxruntime as ort
 
     runs = []
     for _ in range(args.repeats):  # a fresh server each time; the machine's load is recorded per run
-        rows = asyncio.run(measure(args, model, text, edits))
-        runs.append({"load_average": [round(x, 2) for x in os.getloadavg()], **summarize(rows)})
+        got = asyncio.run(measure(args, model, text, edits))
+        summary = summarize_burst(*got) if args.burst else summarize(got)
+        runs.append({"load_average": [round(x, 2) for x in os.getloadavg()], **summary})
     out = {"source": name, "model": model.root.name, "fingerprint": model.manifest.fingerprint,
            "threads": args.threads, "onnxruntime": ort.__version__, "machine": platform.machine(),
            "cpus": os.cpu_count(), "runs": runs}

@@ -7,6 +7,12 @@ returns a `concurrent.futures.Future` of a `Result`. One worker thread owns the 
 strictly in order, and edits of several documents that arrive together go through the engine's
 many-documents path (`model.edit_many`) when the model has one, else one `doc.edit` each.
 
+Bursts: when the worker takes a document's edit and more edits of that document are already queued
+behind it, it composes them (`compose_edits`) into one splice of the text and runs one engine edit;
+every request of the burst is answered with the result after the last one, `Result.coalesced` saying
+how many were merged. Each edit is checked against the text it applies to; merging stops before the
+first one that does not fit, which is answered with its own error when its turn comes.
+
 Documents are `ChunkedDocument`s (any length: a text past the model's window is cut into chunks).
 The client's text is the truth (an editor never takes an edit back). When the model refuses an edit
 (the document would exceed `ChunkConfig.max_doc_chars`) the manager keeps the client's text beside the stale
@@ -101,6 +107,9 @@ class Result:
     error: str | None = None
     code: str | None = None
     closed: bool = False
+    coalesced: int = 1
+    """Edit requests merged into the one engine edit that computed this result (a burst of keystrokes
+    queued while the model ran): every request of the burst gets the state after its last edit."""
 
     @property
     def savings(self) -> float:
@@ -112,6 +121,8 @@ class Result:
                "ms": round(self.ms, 3), "engine_ms": round(self.engine_ms, 3),
                "server_ms": round(self.server_ms, 3), "macs": self.macs, "full_macs": self.full_macs,
                "savings": round(self.savings, 2), "batch": self.batch}
+        if self.coalesced > 1:
+            out["coalesced"] = self.coalesced
         if self.error:
             out.update(error=self.error, code=self.code)
         return out
@@ -139,6 +150,53 @@ class _Job:
     tag: object = None
     future: Future = field(default_factory=Future)
     t_submit: float = field(default_factory=time.perf_counter)
+    merged: list = field(default_factory=list)
+    """Later edits of the same document composed into this one (answered with its result)."""
+
+
+def _type_error(start: object, end: object) -> str | None:
+    for name, v in (("start", start), ("end", end)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            return f"{name} must be an integer, got {type(v).__name__}"
+    return None
+
+
+def edit_error(length: int, start: object, end: object) -> str | None:
+    """Why the edit [start, end) does not fit a text of `length` code points, or None when it does."""
+    if (err := _type_error(start, end)) is not None:
+        return err
+    if not 0 <= start <= end <= length:
+        return (f"edit span [{start}, {end}) is invalid: need 0 <= start <= end <= {length} "
+                f"(the document's length in code points)")
+    return None
+
+
+def compose_edits(base: str, edits) -> tuple[int, int, str]:
+    """One splice (start, end, text) of `base` equal to applying `edits` ((start, end, text) each, in
+    the coordinates of the text left by the ones before it) one by one: `base[:start] + text +
+    base[end:]` is the final text. The splice is trimmed of what it would rewrite unchanged, so a burst
+    that types and deletes the same characters gives an empty edit. Raises ValueError, naming the
+    edit, when one does not fit the text it applies to. Costs the edits' sizes, not the text's."""
+    s, e, t = 0, 0, ""  # the composed splice so far: the current text is base[:s] + t + base[e:]
+    for i, (a, b, u) in enumerate(edits):
+        err = edit_error(len(base) - (e - s) + len(t), a, b)
+        if err is not None:
+            raise ValueError(f"edit {i}: {err}")
+        if i == 0:
+            s, e, t = a, b, u
+            continue
+        mid = s + len(t)  # where the composed text ends, in current coordinates
+        lo, hi = min(a, s), max(b, mid)
+        seg = base[lo:s] + t + base[e:e + hi - mid]  # the current text's [lo, hi)
+        s, e, t = lo, e + max(0, hi - mid), seg[: a - lo] + u + seg[b - lo:]
+    old = base[s:e]
+    k = 0
+    while k < min(len(old), len(t)) and old[k] == t[k]:
+        k += 1
+    j = 0
+    while j < min(len(old), len(t)) - k and old[-1 - j] == t[-1 - j]:
+        j += 1
+    return s + k, e - j, t[k: len(t) - j]
 
 
 def call_in_loop(loop, fn, *args) -> None:
@@ -248,16 +306,14 @@ class DocumentManager:
 
     def edit(self, key: Hashable, start: int, end: int, text: str, tag: object = None) -> Future:
         """Replace characters [start, end) (code points) of `key` by `text`."""
-        for name, v in (("start", start), ("end", end)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise ServeError(f"{name} must be an integer, got {type(v).__name__}")
+        if (err := _type_error(start, end)) is not None:
+            raise ServeError(err)
         _check_text(text)
         with self._cv:
             self._check_running()
             rec = self._get(key)
-            if not 0 <= start <= end <= rec.length:
-                raise ServeError(f"edit span [{start}, {end}) is invalid: need 0 <= start <= end <= "
-                                 f"{rec.length} (the document's length in code points)")
+            if (err := edit_error(rec.length, start, end)) is not None:
+                raise ServeError(err)
             new_len = rec.length - (end - start) + len(text)
             if new_len > self.limits.max_chars:
                 raise LimitError(f"the edit would make the document {new_len} characters, over this server's "
@@ -320,7 +376,7 @@ class DocumentManager:
         many ran."""
         done = 0
         while batch := self._take_batch(block=False):
-            done += len(batch)
+            done += sum(1 + len(j.merged) for j in batch)
         return done
 
     def _forget(self, key: Hashable) -> None:
@@ -358,21 +414,68 @@ class DocumentManager:
             with self._cv:
                 while block and not self._queue and not self._stopping:
                     self._cv.wait()
-                batch, rest, seen = [], deque(), set()
+                batch, rest, seen, waiting = [], deque(), {}, set()
                 for job in self._queue:  # the oldest job of each document; the rest wait their turn
-                    if id(job.rec) in seen:
-                        rest.append(job)
-                    else:
-                        seen.add(id(job.rec))
+                    lead = seen.get(id(job.rec))
+                    if lead is None:
+                        seen[id(job.rec)] = job if job.kind == "edit" else False
                         batch.append(job)
+                    elif lead and job.kind == "edit" and id(job.rec) not in waiting:
+                        lead.merged.append(job)  # a burst: composed into the lead's edit below
+                    else:
+                        waiting.add(id(job.rec))  # a burst ends at a non-edit job of its document
+                        rest.append(job)
                 self._queue = rest
+                bad = [j for j in batch if j.kind == "edit" and not self._coalesce(j)]
+                if bad:
+                    batch = [j for j in batch if all(j is not b for b in bad)]
+            for job in bad:
+                self._refuse(job)
             try:
                 self._run_batch(batch)
             except BaseException as e:  # never leave a caller waiting
                 for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-        return batch
+                    for j in (job, *job.merged):
+                        if not j.future.done():
+                            j.future.set_exception(e)
+        return batch + bad
+
+    def _coalesce(self, lead: _Job) -> bool:
+        """Compose `lead.merged` into `lead`'s edit, over the text it applies to (under `_cv`). Merging
+        stops before the first edit that does not fit: it and the ones after it go back to the front of
+        the queue. False when `lead` itself does not fit."""
+        rec = lead.rec
+        base = rec.client_text if rec.client_text is not None else (rec.doc.text if rec.doc is not None else None)
+        if base is None or edit_error(len(base), lead.start, lead.end) is not None:
+            self._queue.extendleft(reversed(lead.merged))
+            lead.merged = []
+            return False
+        if not lead.merged:
+            return True
+        edits, length = [(lead.start, lead.end, lead.text)], len(base) - (lead.end - lead.start) + len(lead.text)
+        for n, j in enumerate(lead.merged):
+            if edit_error(length, j.start, j.end) is not None:
+                self._queue.extendleft(reversed(lead.merged[n:]))
+                lead.merged = lead.merged[:n]
+                break
+            edits.append((j.start, j.end, j.text))
+            length += len(j.text) - (j.end - j.start)
+        if lead.merged:
+            lead.start, lead.end, lead.text = compose_edits(base, edits)
+        return True
+
+    def _refuse(self, job: _Job) -> None:
+        """Answer an edit that does not fit the text it applies to; the document is unchanged."""
+        rec = job.rec
+        length = len(rec.client_text) if rec.client_text is not None else len(rec.doc.text) if rec.doc else 0
+        res = Result(rec.key, job.tag, num_chars=length, code=ServeError.code,
+                     error=edit_error(length, job.start, job.end) or "the document is not open")
+        res.coalesced = 1 + len(job.merged)
+        now = time.perf_counter()
+        res.server_ms = (now - job.t_submit) * 1e3
+        job.future.set_result(res)
+        for j in job.merged:  # in the order they arrived, after the lead
+            j.future.set_result(dataclasses.replace(res, tag=j.tag, server_ms=(now - j.t_submit) * 1e3))
 
     def _run_batch(self, batch: list[_Job]) -> None:
         fast = [j for j in batch if j.kind == "edit" and j.rec.doc is not None and j.rec.client_text is None]
@@ -466,5 +569,9 @@ class DocumentManager:
             res.macs, res.full_macs = stats.macs, stats.full_macs
             rec.last_stats = stats
             rec.history.append((ms, stats.full_macs / max(stats.macs, 1)))
-        res.server_ms = (time.perf_counter() - job.t_submit) * 1e3
+        res.coalesced = 1 + len(job.merged)
+        now = time.perf_counter()
+        res.server_ms = (now - job.t_submit) * 1e3
         job.future.set_result(res)
+        for j in job.merged:  # in the order they arrived, after the lead
+            j.future.set_result(dataclasses.replace(res, tag=j.tag, server_ms=(now - j.t_submit) * 1e3))

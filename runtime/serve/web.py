@@ -19,6 +19,8 @@ server → client:
     {"type": "result", "id": "d1", "seq": 7, "label": "fresh", "probs": {"rotten": 0.3, "fresh": 0.7},
      "logits": [...], "tokens": 12, "chars": 40, "ms": 3.1, "engine_ms": 2.9, "server_ms": 3.4,
      "macs": .., "full_macs": .., "savings": 12.5, "batch": 1}
+        (edits of one document queued while the model ran are one engine edit: each is answered, in
+        order, with the state after the last and "coalesced": N, the number merged; absent when 1)
     {"type": "closed", "id": "d1"}
     {"type": "stats", "id": "d1", "last": {...}, "summary": {...}, "recent": [...]}
     {"type": "error", "id": "d1" | null, "seq": 7 | null, "code": "bad_request" | "limit" | "not_open"

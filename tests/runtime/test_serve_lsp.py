@@ -61,7 +61,7 @@ def test_lsp_changes_equal_fresh_documents(tiny, tmp_path):
             for step in range(60):
                 uri = rng.choice(sorted(texts))
                 versions[uri] += 1
-                edits[uri] += 2 if step % 15 == 7 else 1
+                edits[uri] += 1  # two changes in one message are composed into one model call
                 v, text = versions[uri], texts[uri]
                 if step % 15 == 7:  # two changes in one message: the second in the first's coordinates
                     a, b, p = _random_splice(rng, text)
@@ -80,6 +80,7 @@ def test_lsp_changes_equal_fresh_documents(tiny, tmp_path):
                 texts[uri] = new
                 res = await s.result()
                 assert (res["uri"], res["version"]) == (uri, v)
+                assert res.get("coalesced", 1) == (2 if step % 15 == 7 else 1)
                 assert_matches_fresh(model, res, new)
 
             uri = "file:///a.txt"
