@@ -110,6 +110,9 @@ class VqincProtocol(LanguageServerProtocol):
         if getattr(message, "jsonrpc", None) != "2.0":  # JSON, but not a JSON-RPC 2.0 message object
             self.send_error(_id_of(message), INVALID_REQUEST, "not a JSON-RPC 2.0 message object")
             return
+        if not isinstance(getattr(message, "id", None), (str, int, float, type(None))):  # pygls hashes it
+            self.send_error(None, INVALID_REQUEST, "a JSON-RPC id is a string, a number or null")
+            return
         method = getattr(message, "method", None)
         if self._shutdown and method != types.EXIT:
             return
@@ -315,7 +318,38 @@ def _param_uri(params) -> str:
     return uri
 
 
+class _OneLineClientErrors(logging.Filter):
+    """pygls logs a whole traceback for every client message it cannot structure (bad params, a method
+    that is not a string, a response whose error is not an object), and for every request a handler
+    refuses (`vqinc/stats` of a document that is not open). The client is answered with a JSON-RPC
+    error for each (`VqincProtocol.structure_message`, `_read_messages`, the handlers); the log keeps
+    one warning line, so that junk from a client never fills stderr with tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        if msg.startswith("Unable to deserialize message"):
+            lines = [ln.strip(" |") for ln in record.getMessage().splitlines() if ln.strip(" |+-")]
+            record.msg = "a client message did not deserialize (answered with an error): %s"
+            record.args = (lines[-1][:300] if len(lines) > 1 else "?",)
+        elif msg.startswith("Exception occurred for message") and record.exc_info \
+                and isinstance(record.exc_info[1], JsonRpcException):
+            record.msg, record.args = "request %s answered with an error: %s", (
+                record.args[0] if isinstance(record.args, tuple) and record.args else "?",
+                _short(record.exc_info[1]))
+            record.exc_info = record.exc_text = None
+        else:
+            return True
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_client_errors_filter = _OneLineClientErrors()
+
+
 def build_server(manager: DocumentManager) -> VqincLanguageServer:
+    pygls_log = logging.getLogger("pygls.protocol.json_rpc")
+    if _client_errors_filter not in pygls_log.filters:
+        pygls_log.addFilter(_client_errors_filter)
     ls = VqincLanguageServer(manager)
     ls.feature(types.TEXT_DOCUMENT_HOVER)(lambda p: ls.hover(p))
     ls.feature(STATS)(lambda p: ls.stats(p))

@@ -229,6 +229,8 @@ class WebFrontend:
                 raise ServeError(f"unknown message type {json.dumps(kind)[:60]}; the types are open, edit, "
                                  f"close, stats")
         except ServeError as e:
+            if not isinstance(doc_id, str):  # a bad seq is found before the id is checked: any JSON value
+                doc_id = None
             session.after(doc_id, {"type": "error", "id": doc_id, "seq": seq, "code": e.code, "error": str(e)})
             return
         session.pending[doc_id] = fut
