@@ -158,9 +158,9 @@ def load_manifest(model_dir: str | Path, check_hashes: bool = True) -> Manifest:
 # -- internals ---------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict:
     root = path.parent
+    if path.is_symlink():  # as for every other model file: what loads is what the directory holds
+        raise ModelDirError(f"{path}: a symbolic link; the manifest must be a regular file in the model directory")
     if not path.is_file():
-        if path.is_symlink():
-            raise ModelDirError(f"{path}: a symbolic link to nothing readable (a loop or a missing target)")
         raise ModelDirError(f"{path}: missing (is {root} a vqinc model directory? create one with `vqinc export`)")
     try:
         if path.stat().st_size > MAX_MANIFEST_BYTES:

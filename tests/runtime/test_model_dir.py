@@ -104,6 +104,25 @@ def test_symlinked_layer_graph_of_same_size_is_refused(exported, tmp_path):
     _refused(d, r"layers\.1\.attend\.onnx is a symbolic link")
 
 
+def test_manifest_linked_from_outside_is_refused(exported, tmp_path):
+    """manifest.json a symbolic link to a valid manifest elsewhere (it loaded, while graphs may not link)."""
+    d = _copy(exported, tmp_path)
+    outside = tmp_path / "elsewhere.json"
+    shutil.move(d / "manifest.json", outside)
+    os.symlink(outside, d / "manifest.json")
+    _refused(d, r"manifest\.json: a symbolic link; the manifest must be a regular file")
+    with pytest.raises(ModelDirError, match="symbolic link"):
+        load_manifest(d)
+
+
+def test_two_models_keep_their_own_thread_counts(exported):
+    """No process-wide session pool: a second Model.load(threads=...) is not ignored."""
+    one = Model.load(exported["llama-none"].model_dir, threads=1)
+    two = Model.load(exported["llama-none"].model_dir, threads=2)
+    threads = lambda m: {g.threads for g in m.executor._graphs.values()}  # noqa: E731
+    assert threads(one) == {1} and threads(two) == {2}
+
+
 def test_graph_behind_a_linked_folder_is_refused(exported, tmp_path):
     d = _copy(exported, tmp_path)
     outside = tmp_path / "elsewhere"
@@ -174,7 +193,7 @@ CASES = [
     ("old-file_sizes-list", _old_file_sizes, False, r"'files' must be a JSON object, got nothing"),
     ("symlink-self-loop", _self_loop, False, r"head\.onnx is a symbolic link"),
     ("symlink-two-link-loop", _two_link_loop, False, r"a\.onnx is a symbolic link"),
-    ("manifest-symlink-loop", _manifest_loop, False, r"manifest\.json: a symbolic link to nothing readable"),
+    ("manifest-symlink-loop", _manifest_loop, False, r"manifest\.json: a symbolic link; the manifest"),
     ("nested-json-100000", lambda m, d: "[" * 100_000 + "]" * 100_000, False,
      r"manifest\.json: not a valid manifest \(RecursionError"),
     ("nested-json-in-info", lambda m, d: m.__setitem__("info", json.loads("[" * 40 + "]" * 40)), False,
