@@ -29,6 +29,16 @@
 #define CLONES
 #endif
 
+/* Eight float64 lanes (GCC/Clang vector extension): AVX-512 in the x86-64-v4 clone, pairs of AVX2 or
+ * SSE2 registers in the others. Loads and stores through memcpy: no alignment assumed. */
+typedef double v8d __attribute__((vector_size(64)));
+static inline v8d load8(const double *p) {
+    v8d r;
+    memcpy(&r, p, sizeof r);
+    return r;
+}
+static inline void store8(double *p, v8d x) { memcpy(p, &x, sizeof x); }
+
 static int check_len(Py_buffer *b, Py_ssize_t items, Py_ssize_t itemsize, const char *name) {
     if (b->len != items * itemsize) {
         PyErr_Format(PyExc_ValueError, "lazy_update: %s has %zd bytes, expected %zd", name, b->len,
@@ -89,30 +99,48 @@ CLONES static void exp_many(double *z, Py_ssize_t n) {
 
 /* One (row, head)'s facet distance: the code j nearest to o (float64 scores, first index on ties) and
  * min_k (s_k - s_j) / (2 |c_k - c_j|) minus its float64 error (Codebook.margins in numerics.py).
- * ct is the head's codebook transposed (dh, K), so the scores of all codes accumulate side by side. */
+ * ct is the head's codebook transposed (dh, K), so the scores of codes side by side accumulate in
+ * vector registers: 16 codes at a time (two accumulators each, even and odd d, to halve the dependency
+ * chain), then 8, then one by one. The sums are reassociated; the error terms bound any order. */
 static inline double facet(const double *o, const double *ct, const double *sq, const double *inv,
                            const double *pen, double ec, double en, Py_ssize_t K, Py_ssize_t dh, double *sk,
                            Py_ssize_t *code_out) {
     double o2 = 0.0;
 #pragma omp simd reduction(+ : o2)
     for (Py_ssize_t d = 0; d < dh; d++) o2 += o[d] * o[d];
-    /* o . c_k for eight codes at a time, accumulated in registers (a loop over sk in memory would chain
-     * every step through a store and a load) */
-    for (Py_ssize_t k0 = 0; k0 < K; k0 += 8) {
-        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        if (K - k0 >= 8) {
-            for (Py_ssize_t d = 0; d < dh; d++) {
-                const double *row = ct + d * K + k0;
-                for (int j = 0; j < 8; j++) acc[j] += o[d] * row[j];
-            }
-            for (int j = 0; j < 8; j++) sk[k0 + j] = acc[j];
-        } else {
-            for (Py_ssize_t d = 0; d < dh; d++) {
-                const double *row = ct + d * K + k0;
-                for (Py_ssize_t j = 0; j < K - k0; j++) acc[j] += o[d] * row[j];
-            }
-            for (Py_ssize_t j = 0; j < K - k0; j++) sk[k0 + j] = acc[j];
+    Py_ssize_t k0 = 0;
+    for (; k0 + 16 <= K; k0 += 16) {
+        v8d a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+        Py_ssize_t d = 0;
+        for (; d + 2 <= dh; d += 2) {
+            const double *r0 = ct + d * K + k0, *r1 = r0 + K;
+            a0 += o[d] * load8(r0);
+            a1 += o[d] * load8(r0 + 8);
+            b0 += o[d + 1] * load8(r1);
+            b1 += o[d + 1] * load8(r1 + 8);
         }
+        if (d < dh) {
+            const double *r0 = ct + d * K + k0;
+            a0 += o[d] * load8(r0);
+            a1 += o[d] * load8(r0 + 8);
+        }
+        store8(sk + k0, a0 + b0);
+        store8(sk + k0 + 8, a1 + b1);
+    }
+    for (; k0 + 8 <= K; k0 += 8) {
+        v8d a0 = {0}, b0 = {0};
+        Py_ssize_t d = 0;
+        for (; d + 2 <= dh; d += 2) {
+            a0 += o[d] * load8(ct + d * K + k0);
+            b0 += o[d + 1] * load8(ct + (d + 1) * K + k0);
+        }
+        if (d < dh) a0 += o[d] * load8(ct + d * K + k0);
+        store8(sk + k0, a0 + b0);
+    }
+    for (; k0 < K; k0++) {
+        double acc = 0.0;
+        for (Py_ssize_t d = 0; d < dh; d++) acc += o[d] * ct[d * K + k0];
+        sk[k0] = acc;
     }
     Py_ssize_t j = 0;
     for (Py_ssize_t k = 0; k < K; k++) {
@@ -445,89 +473,235 @@ done:
     return result;
 }
 
-/* The loops of attend64: per row and head, float64 scores over the visible keys, softmax, output. */
+/* The loops of attend64. Per kv head, keys in position order (order[0 .. nk)): each key row is widened
+ * to float64 once and scored against every row that sees it (j <= the row's position), then the
+ * weights exp(s - m) and the outputs, each value row again widened once for all rows. */
 CLONES static void attend64_rows(const float *q, const float *k, const float *v, const int64_t *pos,
-                                 const int64_t *slots, double *o, double *mout, double *dout, double *s,
-                                 Py_ssize_t H, Py_ssize_t Hkv, Py_ssize_t cap, Py_ssize_t dh, Py_ssize_t R,
-                                 double scale) {
+                                 const int64_t *order, const int64_t *slots, double *o, double *mout, double *dout,
+                                 double *s, double *qd, double *kd, Py_ssize_t H, Py_ssize_t Hkv, Py_ssize_t cap,
+                                 Py_ssize_t dh, Py_ssize_t R, Py_ssize_t nk, double scale) {
     Py_ssize_t group = H / Hkv;
-    for (Py_ssize_t i = 0; i < R; i++) {
-        int64_t p = pos[slots[i]];
-        for (Py_ssize_t h = 0; h < H; h++) {
+    for (Py_ssize_t h = 0; h < H; h++) {
+        const float *kh = k + (h / group) * cap * dh, *vh = v + (h / group) * cap * dh;
+        for (Py_ssize_t i = 0; i < R; i++) {
             const float *qh = q + (h * cap + slots[i]) * dh;
-            const float *kh = k + (h / group) * cap * dh, *vh = v + (h / group) * cap * dh;
-            double qd[1024];
-            for (Py_ssize_t d = 0; d < dh; d++) qd[d] = (double)qh[d] * scale;
-            double m = -INFINITY;
-            for (Py_ssize_t c = 0; c < cap; c++) {
-                if (pos[c] < 0 || pos[c] > p) { s[c] = -INFINITY; continue; }
-                const float *kc = kh + c * dh;
-                double acc[4] = {0, 0, 0, 0};
-                Py_ssize_t d = 0;
-                for (; d + 4 <= dh; d += 4)
-                    for (int j = 0; j < 4; j++) acc[j] += qd[d + j] * (double)kc[d + j];
-                double z = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-                for (; d < dh; d++) z += qd[d] * (double)kc[d];
-                s[c] = z;
-                m = z > m ? z : m;
-            }
-            for (Py_ssize_t c = 0; c < cap; c++) s[c] = s[c] == -INFINITY ? -1e300 : s[c] - m;
-            exp_many(s, cap);
-            double den = 0.0, *oh = o + (h * R + i) * dh;
-            for (Py_ssize_t d = 0; d < dh; d++) oh[d] = 0.0;
-            for (Py_ssize_t c = 0; c < cap; c++) {
-                double w = s[c];
-                if (w == 0.0) continue;
-                den += w;
-                const float *vc = vh + c * dh;
+            for (Py_ssize_t d = 0; d < dh; d++) qd[i * dh + d] = (double)qh[d] * scale;
+            mout[h * R + i] = -INFINITY;
+        }
+        for (Py_ssize_t j = 0; j < nk; j++) {
+            const float *kc = kh + order[j] * dh;
 #pragma omp simd
-                for (Py_ssize_t d = 0; d < dh; d++) oh[d] += w * (double)vc[d];
+            for (Py_ssize_t d = 0; d < dh; d++) kd[d] = (double)kc[d];
+            for (Py_ssize_t i = 0; i < R; i++) {
+                if (j > pos[slots[i]]) continue;
+                const double *qi = qd + i * dh;
+                double z = 0.0;
+#pragma omp simd reduction(+ : z)
+                for (Py_ssize_t d = 0; d < dh; d++) z += qi[d] * kd[d];
+                s[i * nk + j] = z;
+                if (z > mout[h * R + i]) mout[h * R + i] = z;
             }
+        }
+        for (Py_ssize_t i = 0; i < R; i++) {
+            Py_ssize_t len = pos[slots[i]] + 1;
+            double m = mout[h * R + i], *si = s + i * nk;
+            for (Py_ssize_t j = 0; j < len; j++) si[j] -= m;
+            exp_many(si, len);
+            double *oh = o + (h * R + i) * dh;
+            for (Py_ssize_t d = 0; d < dh; d++) oh[d] = 0.0;
+            dout[h * R + i] = 0.0;
+        }
+        for (Py_ssize_t j = 0; j < nk; j++) {
+            const float *vc = vh + order[j] * dh;
+#pragma omp simd
+            for (Py_ssize_t d = 0; d < dh; d++) kd[d] = (double)vc[d];
+            for (Py_ssize_t i = 0; i < R; i++) {
+                if (j > pos[slots[i]]) continue;
+                double w = s[i * nk + j], *oh = o + (h * R + i) * dh;
+                dout[h * R + i] += w;
+#pragma omp simd
+                for (Py_ssize_t d = 0; d < dh; d++) oh[d] += w * kd[d];
+            }
+        }
+        for (Py_ssize_t i = 0; i < R; i++) {
+            double den = dout[h * R + i], *oh = o + (h * R + i) * dh;
             for (Py_ssize_t d = 0; d < dh; d++) oh[d] /= den;
-            mout[h * R + i] = m;
-            dout[h * R + i] = den;
         }
     }
 }
 
-/* attend64(q, k, v, pos, slots, o, m, den, H, Hkv, cap, dh, R, scale)
+/* attend64_rows for dh % 8 == 0, blocked for vector registers. Scores: eight keys at a time, widened to
+ * float64 once (kb), then per row eight dot products accumulated lane-wise and folded into one vector of
+ * eight sums (reduce8). Outputs: per 8-wide slice of dh and four rows at a time, o += w_ij v_j over the
+ * keys with the four accumulators in registers; a row's weights beyond its own position are 0. */
+#define ALWAYS_INLINE __attribute__((always_inline)) inline
+typedef float v8f __attribute__((vector_size(32)));
+static ALWAYS_INLINE v8d widen8(const float *p) {
+    v8f r;
+    memcpy(&r, p, sizeof r);
+    return __builtin_convertvector(r, v8d);
+}
+static ALWAYS_INLINE v8d reduce8(const v8d *a) { /* lane t of the result = sum of the lanes of a[t] */
+    v8d p0 = __builtin_shufflevector(a[0], a[1], 0, 8, 2, 10, 4, 12, 6, 14) +
+             __builtin_shufflevector(a[0], a[1], 1, 9, 3, 11, 5, 13, 7, 15);
+    v8d p1 = __builtin_shufflevector(a[2], a[3], 0, 8, 2, 10, 4, 12, 6, 14) +
+             __builtin_shufflevector(a[2], a[3], 1, 9, 3, 11, 5, 13, 7, 15);
+    v8d p2 = __builtin_shufflevector(a[4], a[5], 0, 8, 2, 10, 4, 12, 6, 14) +
+             __builtin_shufflevector(a[4], a[5], 1, 9, 3, 11, 5, 13, 7, 15);
+    v8d p3 = __builtin_shufflevector(a[6], a[7], 0, 8, 2, 10, 4, 12, 6, 14) +
+             __builtin_shufflevector(a[6], a[7], 1, 9, 3, 11, 5, 13, 7, 15);
+    v8d q0 = __builtin_shufflevector(p0, p1, 0, 1, 8, 9, 4, 5, 12, 13) +
+             __builtin_shufflevector(p0, p1, 2, 3, 10, 11, 6, 7, 14, 15);
+    v8d q1 = __builtin_shufflevector(p2, p3, 0, 1, 8, 9, 4, 5, 12, 13) +
+             __builtin_shufflevector(p2, p3, 2, 3, 10, 11, 6, 7, 14, 15);
+    return __builtin_shufflevector(q0, q1, 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(q0, q1, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+/* o rows i0 .. i0 + NR of head h: 32 columns at a time (NR x 4 accumulators), then 8 */
+#define VALUES(NR)                                                                                           \
+    do {                                                                                                     \
+        const double *w_[NR];                                                                                \
+        for (int r = 0; r < NR; r++) w_[r] = s + (i0 + r) * nkp;                                             \
+        for (Py_ssize_t d = 0; d + 32 <= dh; d += 32) {                                                      \
+            v8d a[NR][4];                                                                                    \
+            for (int r = 0; r < NR; r++)                                                                     \
+                for (int c = 0; c < 4; c++) a[r][c] = (v8d){0};                                              \
+            for (Py_ssize_t j = 0; j < top; j++) {                                                           \
+                const float *vr = vh + order[j] * dh + d;                                                    \
+                v8d x[4] = {widen8(vr), widen8(vr + 8), widen8(vr + 16), widen8(vr + 24)};                   \
+                for (int r = 0; r < NR; r++)                                                                 \
+                    for (int c = 0; c < 4; c++) a[r][c] += w_[r][j] * x[c];                                  \
+            }                                                                                                \
+            for (int r = 0; r < NR; r++)                                                                     \
+                for (int c = 0; c < 4; c++)                                                                  \
+                    store8(o + (h * R + i0 + r) * dh + d + 8 * c, a[r][c] / dout[h * R + i0 + r]);           \
+        }                                                                                                    \
+        for (Py_ssize_t d = dh / 32 * 32; d < dh; d += 8) {                                                  \
+            v8d a[NR];                                                                                       \
+            for (int r = 0; r < NR; r++) a[r] = (v8d){0};                                                    \
+            for (Py_ssize_t j = 0; j < top; j++) {                                                           \
+                v8d x = widen8(vh + order[j] * dh + d);                                                      \
+                for (int r = 0; r < NR; r++) a[r] += w_[r][j] * x;                                           \
+            }                                                                                                \
+            for (int r = 0; r < NR; r++) store8(o + (h * R + i0 + r) * dh + d, a[r] / dout[h * R + i0 + r]); \
+        }                                                                                                    \
+    } while (0)
+
+CLONES static void attend64_rows8(const float *q, const float *k, const float *v, const int64_t *pos,
+                                  const int64_t *order, const int64_t *slots, double *o, double *mout, double *dout,
+                                  double *s, double *qd, double *kb, Py_ssize_t H, Py_ssize_t Hkv, Py_ssize_t cap,
+                                  Py_ssize_t dh, Py_ssize_t R, Py_ssize_t nk, double scale) {
+    Py_ssize_t group = H / Hkv, nkp = (nk + 7) / 8 * 8, Rp = (R + 3) / 4 * 4;
+    for (Py_ssize_t h = 0; h < H; h++) {
+        const float *kh = k + (h / group) * cap * dh, *vh = v + (h / group) * cap * dh;
+        for (Py_ssize_t i = 0; i < R; i++) {
+            const float *qh = q + (h * cap + slots[i]) * dh;
+            for (Py_ssize_t d = 0; d < dh; d++) qd[i * dh + d] = (double)qh[d] * scale;
+        }
+        for (Py_ssize_t j0 = 0; j0 < nk; j0 += 8) {
+            for (Py_ssize_t t = 0; t < 8; t++) {
+                double *dst = kb + t * dh;
+                if (j0 + t < nk) {
+                    const float *src = kh + order[j0 + t] * dh;
+                    for (Py_ssize_t d = 0; d < dh; d += 8) store8(dst + d, widen8(src + d));
+                } else {
+                    for (Py_ssize_t d = 0; d < dh; d++) dst[d] = 0.0;
+                }
+            }
+            for (Py_ssize_t i = 0; i < R; i++) {
+                const double *qi = qd + i * dh;
+                v8d a[8] = {{0}, {0}, {0}, {0}, {0}, {0}, {0}, {0}};
+                for (Py_ssize_t d = 0; d < dh; d += 8) {
+                    v8d qv = load8(qi + d);
+                    for (int t = 0; t < 8; t++) a[t] += qv * load8(kb + t * dh + d);
+                }
+                store8(s + i * nkp + j0, reduce8(a));
+            }
+        }
+        for (Py_ssize_t i = 0; i < Rp; i++) {
+            double *si = s + i * nkp;
+            Py_ssize_t len = i < R ? pos[slots[i]] + 1 : 0;
+            if (len) {
+                double m = -INFINITY;
+                for (Py_ssize_t j = 0; j < len; j++) m = si[j] > m ? si[j] : m;
+                for (Py_ssize_t j = 0; j < len; j++) si[j] -= m;
+                exp_many(si, len);
+                double den = 0.0;
+#pragma omp simd reduction(+ : den)
+                for (Py_ssize_t j = 0; j < len; j++) den += si[j];
+                mout[h * R + i] = m;
+                dout[h * R + i] = den;
+            }
+            for (Py_ssize_t j = len; j < nkp; j++) si[j] = 0.0;
+        }
+        for (Py_ssize_t i0 = 0; i0 < R;) { /* four rows at a time while four are left, then one */
+            int nr = R - i0 >= 4 ? 4 : 1;
+            Py_ssize_t top = 0;
+            for (Py_ssize_t i = i0; i < i0 + nr; i++) top = pos[slots[i]] + 1 > top ? pos[slots[i]] + 1 : top;
+            if (nr == 4)
+                VALUES(4);
+            else
+                VALUES(1);
+            i0 += nr;
+        }
+    }
+}
+
+/* attend64(q, k, v, pos, order, slots, o, m, den, H, Hkv, cap, dh, R, n, scale)
  *
  * Full attention of rows `slots` over every visible key (0 <= pos <= the row's position) in float64:
  * what attention._attention64 computes in numpy, for all heads of a few rows at once. q (H, cap, dh),
- * k, v (Hkv, cap, dh) f32; pos (cap,) i64; out o (H, R, dh), m, den (H, R) f64. Every row needs at least
- * one visible key (itself). Its errors are those of the float64 `refine` path (attention_bounds with
- * u = 2^-53; the exp is within a few float64 ulps). */
+ * k, v (Hkv, cap, dh) f32; pos (cap,) i64; order (n,) i64 the slot of each position; out o (H, R, dh),
+ * m, den (H, R) f64. Every row needs at least one visible key (itself). Its errors are those of the
+ * float64 `refine` path (attention_bounds with u = 2^-53; the exp is within a few float64 ulps). */
 static PyObject *attend64(PyObject *self, PyObject *args) {
-    Py_buffer bq, bk, bv, bpos, bslots, bo, bm, bden;
-    Py_ssize_t H, Hkv, cap, dh, R;
+    Py_buffer bq, bk, bv, bpos, border, bslots, bo, bm, bden;
+    Py_ssize_t H, Hkv, cap, dh, R, n;
     double scale;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*w*w*nnnnnd", &bq, &bk, &bv, &bpos, &bslots, &bo, &bm, &bden, &H, &Hkv,
-                          &cap, &dh, &R, &scale))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*nnnnnnd", &bq, &bk, &bv, &bpos, &border, &bslots, &bo, &bm, &bden,
+                          &H, &Hkv, &cap, &dh, &R, &n, &scale))
         return NULL;
-    Py_buffer *all[] = {&bq, &bk, &bv, &bpos, &bslots, &bo, &bm, &bden};
+    Py_buffer *all[] = {&bq, &bk, &bv, &bpos, &border, &bslots, &bo, &bm, &bden};
     PyObject *result = NULL;
-    if (!(H > 0 && Hkv > 0 && H % Hkv == 0 && cap > 0 && dh > 0 && dh <= 1024 && R >= 0)) {
+    if (!(H > 0 && Hkv > 0 && H % Hkv == 0 && cap > 0 && dh > 0 && R >= 0 && n >= 0 && n <= cap)) {
         PyErr_SetString(PyExc_ValueError, "attend64: inconsistent dimensions");
         goto done;
     }
     if (!(check_len(&bq, H * cap * dh, 4, "q") && check_len(&bk, Hkv * cap * dh, 4, "k") &&
           check_len(&bv, Hkv * cap * dh, 4, "v") && check_len(&bpos, cap, 8, "pos") &&
-          check_len(&bslots, R, 8, "slots") && check_len(&bo, H * R * dh, 8, "o") && check_len(&bm, H * R, 8, "m") &&
-          check_len(&bden, H * R, 8, "den")))
+          check_len(&border, n, 8, "order") && check_len(&bslots, R, 8, "slots") &&
+          check_len(&bo, H * R * dh, 8, "o") && check_len(&bm, H * R, 8, "m") && check_len(&bden, H * R, 8, "den")))
         goto done;
-    const int64_t *pos = bpos.buf, *slots = bslots.buf;
-    for (Py_ssize_t i = 0; i < R; i++)
-        if (slots[i] < 0 || slots[i] >= cap || pos[slots[i]] < 0) {
+    const int64_t *pos = bpos.buf, *order = border.buf, *slots = bslots.buf;
+    for (Py_ssize_t j = 0; j < n; j++)
+        if (order[j] < 0 || order[j] >= cap || pos[order[j]] != j) {
+            PyErr_Format(PyExc_ValueError, "attend64: order[%zd] = %lld is not the slot of position %zd",
+                         j, (long long)order[j], j);
+            goto done;
+        }
+    Py_ssize_t nk = 0;
+    for (Py_ssize_t i = 0; i < R; i++) {
+        if (slots[i] < 0 || slots[i] >= cap || pos[slots[i]] < 0 || pos[slots[i]] >= n) {
             PyErr_Format(PyExc_ValueError, "attend64: slot %lld is not a row of the document", (long long)slots[i]);
             goto done;
         }
-    double *sbuf = PyMem_RawMalloc((size_t)cap * sizeof(double));
+        if (pos[slots[i]] + 1 > nk) nk = pos[slots[i]] + 1;
+    }
+    /* scores (rows padded to 4, keys to 8), widened q rows, widened keys (8 rows) */
+    Py_ssize_t ns = (R + 3) / 4 * 4 * ((nk + 7) / 8 * 8);
+    double *sbuf = PyMem_RawMalloc((size_t)(ns + R * dh + 8 * dh + 1) * sizeof(double));
     if (sbuf == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    attend64_rows(bq.buf, bk.buf, bv.buf, pos, slots, bo.buf, bm.buf, bden.buf, sbuf, H, Hkv, cap, dh, R, scale);
+    if (dh % 8 == 0)
+        attend64_rows8(bq.buf, bk.buf, bv.buf, pos, order, slots, bo.buf, bm.buf, bden.buf, sbuf, sbuf + ns,
+                       sbuf + ns + R * dh, H, Hkv, cap, dh, R, nk, scale);
+    else
+        attend64_rows(bq.buf, bk.buf, bv.buf, pos, order, slots, bo.buf, bm.buf, bden.buf, sbuf, sbuf + ns,
+                      sbuf + ns + R * dh, H, Hkv, cap, dh, R, nk, scale);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(sbuf);
     result = Py_None;

@@ -29,10 +29,11 @@ OVERFLOW = 80.0
 """A key whose weight exp(s − m) exceeds e^80 (near float32's limit) is left to a full recomputation."""
 CHUNK_ROWS = 192
 """Recomputes of more rows than this run in chunks over the keys each chunk can see (a causal saving)."""
-NATIVE_ROWS = 16
+NATIVE_ROWS = 32
 """Recomputes of at most this many rows run in float64 in C (_kernels.c attend64) instead of the `attend`
-graph: for a handful of rows the graph call costs more than the arithmetic, and float64 rows are
-almost never undecided."""
+graph: for a few rows the graph call costs more than the arithmetic (with the blocked kernel, 32 rows over
+1,024 keys take ~0.6 ms against ~0.9 ms for the graph inside an edit), and float64 rows are almost never
+undecided."""
 CANCELLATION = 0.25
 """A row whose denominator's error bound exceeds this fraction of it is recomputed (the movement bound
 divides by den − err, so it stays sound below this; the limit only keeps it from growing useless)."""
@@ -208,8 +209,8 @@ def recompute_rows(run_attend: AttendFn, run_refine: AttendFn, layer: LayerState
     if kernels.NATIVE is not None and len(slots) <= NATIVE_ROWS:  # a few rows: float64 in C, no graph call
         h, r = spec.num_heads, len(slots)
         o, m, den = np.empty((h, r, spec.head_dim)), np.empty((h, r)), np.empty((h, r))
-        kernels.NATIVE.attend64(layer.q, layer.k, layer.v, pos, np.ascontiguousarray(slots, np.int64), o, m, den,
-                                h, spec.num_kv_heads, layer.k.shape[1], spec.head_dim, r,
+        kernels.NATIVE.attend64(layer.q, layer.k, layer.v, pos, order, np.ascontiguousarray(slots, np.int64), o, m,
+                                den, h, spec.num_kv_heads, layer.k.shape[1], spec.head_dim, r, len(order),
                                 float(np.float32(spec.head_dim**-0.5)))
         codes, s = codebook.nearest(o)
         rows.store(slice(None), np.arange(r), o, m, den, codes, U64, layer.k.shape[1], s)

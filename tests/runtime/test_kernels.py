@@ -120,14 +120,16 @@ def test_margins_agree_with_the_numpy_path(seed):
         np.testing.assert_allclose(r1, r0, rtol=1e-12, atol=1e-12)
 
 
-def test_attend64_matches_the_numpy_float64_path():
+@pytest.mark.parametrize("DH", [16, 32, 40, 5])
+def test_attend64_matches_the_numpy_float64_path(DH):
     """attend64 (C) and attention._attention64 (numpy) compute the same float64 attention: equal far below
-    the float64 error bound, with free slots (pos -1) and keys after the row excluded."""
+    the float64 error bound, with free slots (pos -1) and keys after the row excluded. Head sizes cover the
+    blocked loops (32 columns, then 8) and the plain one (dh not a multiple of 8)."""
     from vqinc.runtime.attention import _attention64
     from vqinc.runtime.state import LayerState
 
     rng = np.random.default_rng(1)
-    H, HKV, DH, cap = 4, 2, 16, 40
+    H, HKV, cap = 4, 2, 40
 
     class Spec:
         num_heads, num_kv_heads, head_dim, group, d_model = H, HKV, DH, H // HKV, H * DH
@@ -139,9 +141,10 @@ def test_attend64_matches_the_numpy_float64_path():
     pos = np.full(cap, -1, np.int64)
     live = rng.permutation(cap)[:30]
     pos[live] = np.arange(30)
-    rows = live[[0, 7, 29]]
-    o, m, den = np.empty((H, 3, DH)), np.empty((H, 3)), np.empty((H, 3))
-    K.attend64(layer.q, layer.k, layer.v, pos, rows.astype(np.int64), o, m, den, H, HKV, cap, DH, 3,
+    rows = live[[0, 7, 29, 3, 12, 20, 25]]  # one block of four rows, then three alone
+    o, m, den = np.empty((H, 7, DH)), np.empty((H, 7)), np.empty((H, 7))
+    order = live[:30].astype(np.int64)  # the slot of each position
+    K.attend64(layer.q, layer.k, layer.v, pos, order, rows.astype(np.int64), o, m, den, H, HKV, cap, DH, 7, 30,
                float(np.float32(DH**-0.5)))
     for h in range(H):
         o_ref, m_ref, den_ref = _attention64(layer, h, rows, pos, Spec)
@@ -149,5 +152,8 @@ def test_attend64_matches_the_numpy_float64_path():
         np.testing.assert_allclose(m[h], m_ref, rtol=1e-14, atol=0)
         np.testing.assert_allclose(den[h], den_ref, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="not a row"):
-        K.attend64(layer.q, layer.k, layer.v, pos, np.array([np.setdiff1d(np.arange(cap), live)[0]]), o[:, :1].copy(),
-                   m[:, :1].copy(), den[:, :1].copy(), H, HKV, cap, DH, 1, 0.25)
+        K.attend64(layer.q, layer.k, layer.v, pos, order, np.array([np.setdiff1d(np.arange(cap), live)[0]]),
+                   o[:, :1].copy(), m[:, :1].copy(), den[:, :1].copy(), H, HKV, cap, DH, 1, 30, 0.25)
+    with pytest.raises(ValueError, match="not the slot"):
+        K.attend64(layer.q, layer.k, layer.v, pos, order[::-1].copy(), rows.astype(np.int64), o, m, den, H, HKV, cap,
+                   DH, 7, 30, 0.25)
