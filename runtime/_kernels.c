@@ -299,9 +299,13 @@ CLONES static void lazy_rows(LazyArgs *A) {
     A->count = count;
 }
 
-/* lazy_update(q, k, v, kpos, slots, qpos, m, codes, vnorm, vmax, slack, den, den_err, o, o_err, margin,
+/* lazy_update(q, k, v, kpos, slots, qpos, m, codes, qnorm, vmax, den, den_err, o, o_err, margin,
  *             c, sq, inv_2pair, pen, err_const, err_norm, need, changed, dims..., scale, g6, keep_eps,
- *             cancellation) -> rows that need a recompute
+ *             cancellation, exp_ulps) -> rows that need a recompute
+ *
+ * qnorm (H, cap) f32 are the rows' |q| per head (upper bounds), vmax (Hkv,) f64 bounds |v| of every value
+ * of the layer; from them and the keys this computes the bounds attention.lazy_update's numpy path
+ * computes before its pass (|v_x|, the largest |v| per head, the weights' relative error `slack`).
  *
  * Per row i and head h, with weights e_x = exp(q.k_x * scale - m) of the keys that come and go
  * (added a, removed r, old and new values of M modified keys):
@@ -317,17 +321,17 @@ CLONES static void lazy_rows(LazyArgs *A) {
  * proven when its facet distance minus o_err' is above keep_eps. A row of which any head is not
  * proven is left untouched and counted in `need`. The arrays are as the engine's state (state.py). */
 static PyObject *lazy_update(PyObject *self, PyObject *args) {
-    Py_buffer bq, bk, bv, bkpos, bslots, bqpos, bm, bcodes, bvnorm, bvmax, bslack, bden, berr, bo, boerr, bmargin,
-        bc, bsq, binv, bpen, bec, ben, bneed, bchanged;
+    Py_buffer bq, bk, bv, bkpos, bslots, bqpos, bm, bcodes, bqnorm, bvmax, bden, berr, bo, boerr, bmargin, bc, bsq,
+        binv, bpen, bec, ben, bneed, bchanged;
     Py_ssize_t H, Hkv, cap, dh, X, K, n, a, r, M;
-    double scale, g6, keep_eps, cancellation;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*w*y*y*y*w*w*w*w*w*y*y*y*y*y*y*w*w*nnnnnnnnnndddd", &bq, &bk, &bv,
-                          &bkpos, &bslots, &bqpos, &bm, &bcodes, &bvnorm, &bvmax, &bslack, &bden, &berr, &bo,
-                          &boerr, &bmargin, &bc, &bsq, &binv, &bpen, &bec, &ben, &bneed, &bchanged, &H, &Hkv, &cap,
-                          &dh, &X, &K, &n, &a, &r, &M, &scale, &g6, &keep_eps, &cancellation))
+    double scale, g6, keep_eps, cancellation, exp_ulps;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*w*y*y*w*w*w*w*w*y*y*y*y*y*y*w*w*nnnnnnnnnnddddd", &bq, &bk, &bv,
+                          &bkpos, &bslots, &bqpos, &bm, &bcodes, &bqnorm, &bvmax, &bden, &berr, &bo, &boerr,
+                          &bmargin, &bc, &bsq, &binv, &bpen, &bec, &ben, &bneed, &bchanged, &H, &Hkv, &cap, &dh, &X,
+                          &K, &n, &a, &r, &M, &scale, &g6, &keep_eps, &cancellation, &exp_ulps))
         return NULL;
-    Py_buffer *all[] = {&bq, &bk, &bv, &bkpos, &bslots, &bqpos, &bm, &bcodes, &bvnorm, &bvmax, &bslack, &bden,
-                        &berr, &bo, &boerr, &bmargin, &bc, &bsq, &binv, &bpen, &bec, &ben, &bneed, &bchanged};
+    Py_buffer *all[] = {&bq, &bk, &bv, &bkpos, &bslots, &bqpos, &bm, &bcodes, &bqnorm, &bvmax, &bden, &berr, &bo,
+                        &boerr, &bmargin, &bc, &bsq, &binv, &bpen, &bec, &ben, &bneed, &bchanged};
     PyObject *result = NULL;
     int ok = H > 0 && H <= MAX_HEADS && Hkv > 0 && H % Hkv == 0 && cap > 0 && dh > 0 && dh <= 1024 && X > 0 &&
              K > 0 && K <= 4096 && n >= 0 && a >= 0 && r >= 0 && M >= 0 && a + r + 2 * M == X;
@@ -338,8 +342,8 @@ static PyObject *lazy_update(PyObject *self, PyObject *args) {
     if (!(check_len(&bq, H * cap * dh, 4, "q") && check_len(&bk, Hkv * X * dh, 4, "k") &&
           check_len(&bv, Hkv * X * dh, 4, "v") && check_len(&bkpos, X, 8, "kpos") &&
           check_len(&bslots, n, 8, "slots") && check_len(&bqpos, n, 8, "qpos") && check_len(&bm, H * cap, 4, "m") &&
-          check_len(&bcodes, cap * H, 8, "codes") && check_len(&bvnorm, Hkv * X, 8, "vnorm") &&
-          check_len(&bvmax, H, 8, "vmax") && check_len(&bslack, H, 8, "slack") &&
+          check_len(&bcodes, cap * H, 8, "codes") && check_len(&bqnorm, H * cap, 4, "qnorm") &&
+          check_len(&bvmax, Hkv, 8, "vmax") &&
           check_len(&bden, H * cap, 8, "den") && check_len(&berr, H * cap, 8, "den_err") &&
           check_len(&bo, H * cap * dh, 4, "o") && check_len(&boerr, H * cap, 8, "o_err") &&
           check_len(&bmargin, H * cap, 8, "margin") && check_len(&bc, H * dh * K, 8, "ct") &&
@@ -350,8 +354,9 @@ static PyObject *lazy_update(PyObject *self, PyObject *args) {
     const float *q = bq.buf, *k = bk.buf, *v = bv.buf, *mref = bm.buf;
     const int64_t *kpos = bkpos.buf, *slots = bslots.buf, *qpos = bqpos.buf;
     int64_t *codes = bcodes.buf;
-    const double *vnorm = bvnorm.buf, *vmax = bvmax.buf, *slack = bslack.buf, *cb = bc.buf, *sq = bsq.buf,
-                 *inv = binv.buf, *pen = bpen.buf, *ec = bec.buf, *en = ben.buf;
+    const double *vmax_kv = bvmax.buf, *cb = bc.buf, *sq = bsq.buf, *inv = binv.buf, *pen = bpen.buf, *ec = bec.buf,
+                 *en = ben.buf;
+    const float *qnorm = bqnorm.buf;
     double *den = bden.buf, *derr = berr.buf, *oerr = boerr.buf, *margin = bmargin.buf;
     float *ostore = bo.buf;
     uint8_t *need = bneed.buf, *changed = bchanged.buf;
@@ -372,7 +377,7 @@ static PyObject *lazy_update(PyObject *self, PyObject *args) {
     gsum = gsum / (1.0 - gsum);
     double *e = PyMem_RawMalloc((size_t)(H * n * X) * sizeof(double));
     uint8_t *over = PyMem_RawMalloc((size_t)(n > 0 ? n : 1));
-    double *work = PyMem_RawMalloc((size_t)(H * dh + dh + K) * sizeof(double));
+    double *work = PyMem_RawMalloc((size_t)(H * dh + dh + K + Hkv * X) * sizeof(double));
     float *onew = PyMem_RawMalloc((size_t)(H * dh) * sizeof(float));
     if (e == NULL || over == NULL || work == NULL || onew == NULL) {
         PyMem_RawFree(e);
@@ -381,6 +386,39 @@ static PyObject *lazy_update(PyObject *self, PyObject *args) {
         PyMem_RawFree(onew);
         PyErr_NoMemory();
         goto done;
+    }
+    /* what attention.lazy_update computes in numpy before its numpy path: |v_x| (Hkv, X) and, per head, the
+     * largest |v| of the layer and the keys, and the relative error bound `slack` of every weight exp(z):
+     * float32 dot product, x scale, - m, exp; then the sums over the X keys */
+    double *vnorm = work + H * dh + dh + K, vmax[MAX_HEADS], slack[MAX_HEADS];
+    for (Py_ssize_t kvh = 0; kvh < Hkv; kvh++)
+        for (Py_ssize_t x = 0; x < X; x++) {
+            const float *vx = v + (kvh * X + x) * dh;
+            double s2 = 0.0;
+            for (Py_ssize_t d = 0; d < dh; d++) s2 += (double)vx[d] * (double)vx[d];
+            vnorm[kvh * X + x] = sqrt(s2) * (1.0 + 1e-12);
+        }
+    for (Py_ssize_t h = 0; h < H; h++) {
+        Py_ssize_t kvh = h / group;
+        double vm = vmax_kv[kvh], kn = 0.0, qn = 0.0, mabs = 0.0;
+        for (Py_ssize_t x = 0; x < X; x++) {
+            const float *kx = k + (kvh * X + x) * dh;
+            double s2 = 0.0;
+            for (Py_ssize_t d = 0; d < dh; d++) s2 += (double)kx[d] * (double)kx[d];
+            kn = s2 > kn ? s2 : kn;
+            vm = vnorm[kvh * X + x] > vm ? vnorm[kvh * X + x] : vm;
+        }
+        kn = sqrt(kn) * (1.0 + 1e-5);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double qi = (double)qnorm[h * cap + slots[i]], mi = fabs((double)mref[h * cap + slots[i]]);
+            qn = qi > qn ? qi : qn;
+            mabs = mi > mabs ? mi : mabs;
+        }
+        double spread = scale * qn * kn * (1.0 + 1e-12), gd = (double)(dh + 2) * u32 / (1.0 - (double)(dh + 2) * u32);
+        double gx = (double)(X + 4) * u32 / (1.0 - (double)(X + 4) * u32);
+        double eps = gd * spread + u32 * (4.0 * spread + 2.0 * mabs) + exp_ulps * u32;
+        slack[h] = exp(eps) * (1.0 + 1e-12) * (1.0 + gx);
+        vmax[h] = vm * (1.0 + 1e-12);
     }
     LazyArgs A = {q, k, v, mref, kpos, slots, qpos, codes, vnorm, vmax, slack, cb, sq, inv, pen, ec, en, den, derr,
                   oerr, margin, ostore, need, changed, e, over, work, onew, H, cap, dh, X, K, n, a, r, M, group,
@@ -711,6 +749,120 @@ done:
     return result;
 }
 
+/* recompute64(q, k, v, pos, order, slots, qnorm, kmax, vmax, ct, sq, inv_2pair, pen, err_const, err_norm,
+ *             o, m, den, den_err, o_err, margin, codes, H, Hkv, cap, dh, R, n, K, scale, exp_ulps)
+ *
+ * attend64 of rows `slots`, then what attention._Rows.store does with a float64 result: the nearest code
+ * (float64 scores, first index on ties) and its facet distance, the error bounds of
+ * numerics.attention_bounds (u = 2^-53, `cap` key slots), m rounded to float32 with den rescaled to it,
+ * o rounded to float32 (its rounding joins o_err). qnorm (H, cap) f32; kmax, vmax (Hkv,) f64; the codebook
+ * tables as Codebook.parts. Out, per (head, row): o (H, R, dh) f32, m (H, R) f32, den, den_err, o_err,
+ * margin (H, R) f64, codes (H, R) i64. A margin at or below KEEP_EPS is the caller's to settle. */
+static PyObject *recompute64(PyObject *self, PyObject *args) {
+    Py_buffer bq, bk, bv, bpos, border, bslots, bqn, bkmax, bvmax, bc, bsq, binv, bpen, bec, ben, bo, bm, bden, bderr,
+        boerr, bmargin, bcodes;
+    Py_ssize_t H, Hkv, cap, dh, R, n, K;
+    double scale, exp_ulps;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*w*w*w*w*w*w*w*nnnnnnndd", &bq, &bk, &bv, &bpos,
+                          &border, &bslots, &bqn, &bkmax, &bvmax, &bc, &bsq, &binv, &bpen, &bec, &ben, &bo, &bm,
+                          &bden, &bderr, &boerr, &bmargin, &bcodes, &H, &Hkv, &cap, &dh, &R, &n, &K, &scale,
+                          &exp_ulps))
+        return NULL;
+    Py_buffer *all[] = {&bq, &bk, &bv, &bpos, &border, &bslots, &bqn, &bkmax, &bvmax, &bc, &bsq, &binv, &bpen, &bec,
+                        &ben, &bo, &bm, &bden, &bderr, &boerr, &bmargin, &bcodes};
+    PyObject *result = NULL;
+    double *sbuf = NULL;
+    if (!(H > 0 && H <= MAX_HEADS && Hkv > 0 && H % Hkv == 0 && cap > 0 && dh > 0 && R >= 0 && n >= 0 && n <= cap &&
+          K > 0 && K <= 4096)) {
+        PyErr_SetString(PyExc_ValueError, "recompute64: inconsistent dimensions");
+        goto done;
+    }
+    if (!(check_len(&bq, H * cap * dh, 4, "q") && check_len(&bk, Hkv * cap * dh, 4, "k") &&
+          check_len(&bv, Hkv * cap * dh, 4, "v") && check_len(&bpos, cap, 8, "pos") &&
+          check_len(&border, n, 8, "order") && check_len(&bslots, R, 8, "slots") &&
+          check_len(&bqn, H * cap, 4, "qnorm") && check_len(&bkmax, Hkv, 8, "kmax") &&
+          check_len(&bvmax, Hkv, 8, "vmax") && check_len(&bc, H * dh * K, 8, "ct") && check_len(&bsq, H * K, 8, "sq") &&
+          check_len(&binv, H * K * K, 8, "inv_2pair") && check_len(&bpen, H * K * K, 8, "pen") &&
+          check_len(&bec, H, 8, "err_const") && check_len(&ben, H, 8, "err_norm") &&
+          check_len(&bo, H * R * dh, 4, "o") && check_len(&bm, H * R, 4, "m") && check_len(&bden, H * R, 8, "den") &&
+          check_len(&bderr, H * R, 8, "den_err") && check_len(&boerr, H * R, 8, "o_err") &&
+          check_len(&bmargin, H * R, 8, "margin") && check_len(&bcodes, H * R, 8, "codes")))
+        goto done;
+    const int64_t *pos = bpos.buf, *order = border.buf, *slots = bslots.buf;
+    for (Py_ssize_t j = 0; j < n; j++)
+        if (order[j] < 0 || order[j] >= cap || pos[order[j]] != j) {
+            PyErr_Format(PyExc_ValueError, "recompute64: order[%zd] = %lld is not the slot of position %zd", j,
+                         (long long)order[j], j);
+            goto done;
+        }
+    Py_ssize_t nk = 0;
+    for (Py_ssize_t i = 0; i < R; i++) {
+        if (slots[i] < 0 || slots[i] >= cap || pos[slots[i]] < 0 || pos[slots[i]] >= n) {
+            PyErr_Format(PyExc_ValueError, "recompute64: slot %lld is not a row of the document",
+                         (long long)slots[i]);
+            goto done;
+        }
+        if (pos[slots[i]] + 1 > nk) nk = pos[slots[i]] + 1;
+    }
+    Py_ssize_t ns = (R + 3) / 4 * 4 * ((nk + 7) / 8 * 8);
+    /* scores, widened q rows, widened keys, then o (H, R, dh) f64, m, den (H, R) f64, one row of code scores */
+    sbuf = PyMem_RawMalloc((size_t)(ns + R * dh + 8 * dh + H * R * dh + 2 * H * R + K + 1) * sizeof(double));
+    if (sbuf == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    double *o64 = sbuf + ns + R * dh + 8 * dh, *m64 = o64 + H * R * dh, *den64 = m64 + H * R, *sk = den64 + H * R;
+    const float *qn = bqn.buf;
+    const double *kmax = bkmax.buf, *vmax = bvmax.buf, *ct = bc.buf, *sq = bsq.buf, *inv = binv.buf, *pen = bpen.buf,
+                 *ec = bec.buf, *en = ben.buf;
+    float *o32 = bo.buf, *m32 = bm.buf;
+    double *den = bden.buf, *derr = bderr.buf, *oerr = boerr.buf, *margin = bmargin.buf;
+    int64_t *codes = bcodes.buf;
+    Py_BEGIN_ALLOW_THREADS
+    if (dh % 8 == 0)
+        attend64_rows8(bq.buf, bk.buf, bv.buf, pos, order, slots, o64, m64, den64, sbuf, sbuf + ns,
+                       sbuf + ns + R * dh, H, Hkv, cap, dh, R, nk, scale);
+    else
+        attend64_rows(bq.buf, bk.buf, bv.buf, pos, order, slots, o64, m64, den64, sbuf, sbuf + ns,
+                      sbuf + ns + R * dh, H, Hkv, cap, dh, R, nk, scale);
+    const double u = ldexp(1.0, -53), u32 = ldexp(1.0, -24);
+    const double gd = (double)(dh + 2) * u / (1.0 - (double)(dh + 2) * u);
+    const double g = (double)(cap + 1) * u / (1.0 - (double)(cap + 1) * u);
+    Py_ssize_t group = H / Hkv;
+    for (Py_ssize_t h = 0; h < H; h++)
+        for (Py_ssize_t i = 0; i < R; i++) {
+            Py_ssize_t at = h * R + i, kvh = h / group;
+            const double *oi = o64 + at * dh;
+            Py_ssize_t j;
+            double f = facet(oi, ct + h * dh * K, sq + h * K, inv + h * K * K, pen + h * K * K, ec[h], en[h], K, dh,
+                             sk, &j);
+            /* numerics.attention_bounds */
+            double spread = scale * (double)qn[h * cap + slots[i]] * kmax[kvh];
+            double theta = 2.0 * gd * spread + u * 2.0 * spread + exp_ulps * u + g + 4.0 * u;
+            theta = theta * (1.0 + 2.0 * theta);
+            double e_o = ((theta + g * (1.0 + theta)) * vmax[kvh]) * (1.0 + 1e-6) + 1e-300;
+            float mf = (float)m64[at];
+            double dn = den64[at] * exp(m64[at] - (double)mf), o2 = 0.0;
+            for (Py_ssize_t d = 0; d < dh; d++) {
+                o32[at * dh + d] = (float)oi[d];
+                o2 += oi[d] * oi[d];
+            }
+            codes[at] = j;
+            margin[at] = f - e_o;
+            oerr[at] = e_o + u32 * sqrt(o2) * (1.0 + 1e-6);
+            m32[at] = mf;
+            den[at] = dn;
+            derr[at] = 2.0 * theta * dn;
+        }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyMem_RawFree(sbuf);
+    for (size_t b = 0; b < sizeof(all) / sizeof(all[0]); b++) PyBuffer_Release(all[b]);
+    return result;
+}
+
 /* exp(buffer of float64) in place, as the lazy update computes its weights (for the tests of its accuracy) */
 static PyObject *exp_inplace(PyObject *self, PyObject *args) {
     Py_buffer b;
@@ -727,6 +879,7 @@ static PyObject *exp_inplace(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"attend64", attend64, METH_VARARGS, "float64 attention of a few rows over their visible keys."},
+    {"recompute64", recompute64, METH_VARARGS, "attend64, then codes, margins and error bounds (see attention.py)."},
     {"margins", margins, METH_VARARGS, "Codebook margins and radii of float64 rows (see numerics.py)."},
     {"exp_inplace", exp_inplace, METH_VARARGS, "exp of a float64 buffer, in place (the lazy update's exp)."},
     {"lazy_update", lazy_update, METH_VARARGS, "Lazy update of attention summaries (see attention.py)."},

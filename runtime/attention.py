@@ -90,6 +90,8 @@ def lazy_update(layer: LayerState, slots: I64, qpos: I64, keys: KeyDelta, codebo
     n, x = len(slots), keys.size
     if not n or not x:
         return LazyResult(np.zeros(n, bool), np.zeros(n, bool))
+    if kernels.NATIVE is not None:  # the bounds below are computed inside the C pass
+        return _lazy_update_native(layer, slots, qpos, keys, np.asarray(vmax, np.float64), codebook, spec)
     h, dh = spec.num_heads, spec.head_dim
     kv_head = np.arange(h) // spec.group
     scale = np.float32(dh**-0.5)
@@ -103,8 +105,6 @@ def lazy_update(layer: LayerState, slots: I64, qpos: I64, keys: KeyDelta, codebo
     v64 = keys.v.astype(np.float64)
     vnorm = np.sqrt(np.einsum("hxd,hxd->hx", v64, v64)) * (1 + 1e-12)  # (Hkv, X)
     vmax_h = np.maximum(np.asarray(vmax, np.float64), vnorm.max(axis=1))[kv_head] * (1 + 1e-12)  # (H,)
-    if kernels.NATIVE is not None:
-        return _lazy_update_native(layer, slots, qpos, keys, vnorm, vmax_h, slack, codebook, spec)
     return _lazy_update_numpy(layer, slots, qpos, keys, vnorm[kv_head], vmax_h, slack, codebook, spec, m_rows)
 
 
@@ -162,21 +162,21 @@ def _lazy_update_numpy(layer: LayerState, slots: I64, qpos: I64, keys: KeyDelta,
     return LazyResult(need, changed)
 
 
-def _lazy_update_native(layer: LayerState, slots: I64, qpos: I64, keys: KeyDelta, vnorm: np.ndarray,
-                        vmax: np.ndarray, slack: np.ndarray, codebook: Codebook, spec: ModelSpec) -> LazyResult:
-    """`lazy_update` in one C pass over the rows (_kernels.c)."""
+def _lazy_update_native(layer: LayerState, slots: I64, qpos: I64, keys: KeyDelta, vmax: np.ndarray,
+                        codebook: Codebook, spec: ModelSpec) -> LazyResult:
+    """`lazy_update` in one C pass over the rows (_kernels.c), its bounds (|v_x|, the largest |v|, the
+    weights' `slack`) computed there as the numpy path computes them, from the rows' |q| and m."""
     n = len(slots)
     need, changed = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
     c, sq, inv, pen, err_const, err_norm, _ = codebook.parts
     kernels.NATIVE.lazy_update(
         layer.q, np.ascontiguousarray(keys.k, np.float32), np.ascontiguousarray(keys.v, np.float32),
         np.ascontiguousarray(keys.pos, np.int64), np.ascontiguousarray(slots, np.int64),
-        np.ascontiguousarray(qpos, np.int64), layer.m, layer.codes, np.ascontiguousarray(vnorm),
-        np.ascontiguousarray(vmax), np.ascontiguousarray(slack, np.float64), layer.den, layer.den_err, layer.o,
-        layer.o_err, layer.margin, codebook.ct, sq, inv, pen, err_const, err_norm, need, changed,
-        spec.num_heads, spec.num_kv_heads, layer.q.shape[1], spec.head_dim, keys.size, c.shape[1], n,
+        np.ascontiguousarray(qpos, np.int64), layer.m, layer.codes, layer.qnorm, np.ascontiguousarray(vmax),
+        layer.den, layer.den_err, layer.o, layer.o_err, layer.margin, codebook.ct, sq, inv, pen, err_const, err_norm,
+        need, changed, spec.num_heads, spec.num_kv_heads, layer.q.shape[1], spec.head_dim, keys.size, c.shape[1], n,
         keys.added, keys.removed, keys.modified, float(np.float32(spec.head_dim**-0.5)), float(gamma(6, U64)),
-        KEEP_EPS, CANCELLATION)
+        KEEP_EPS, CANCELLATION, float(EXP_ULPS))
     return LazyResult(need.view(bool), changed.view(bool))
 
 

@@ -35,8 +35,8 @@ def test_exp_underflows_to_zero_below_minus_700():
     assert z.tolist() == [0.0, 0.0, 0.0]
 
 
-NAMES = ["q", "k", "v", "kpos", "slots", "qpos", "m", "codes", "vnorm", "vmax", "slack", "den", "den_err", "o",
-         "o_err", "margin", "ct", "sq", "inv_2pair", "pen", "err_const", "err_norm", "need", "changed"]
+NAMES = ["q", "k", "v", "kpos", "slots", "qpos", "m", "codes", "qnorm", "vmax", "den", "den_err", "o", "o_err",
+         "margin", "ct", "sq", "inv_2pair", "pen", "err_const", "err_norm", "need", "changed"]
 
 
 def _args(n=3, X=2, H=2, cap=4, dh=8, K_=5):
@@ -48,11 +48,11 @@ def _args(n=3, X=2, H=2, cap=4, dh=8, K_=5):
     _, sq, inv, pen, ec, en, _ = book.parts
     buffers = dict(q=np.zeros((H, cap, dh), f32), k=np.zeros((H, X, dh), f32), v=np.zeros((H, X, dh), f32),
                    kpos=np.zeros(X, i64), slots=np.arange(n, dtype=i64), qpos=np.arange(n, dtype=i64),
-                   m=np.zeros((H, cap), f32), codes=np.zeros((cap, H), i64), vnorm=np.zeros((H, X)), vmax=np.ones(H),
-                   slack=np.ones(H), den=np.ones((H, cap)), den_err=np.zeros((H, cap)), o=np.zeros((H, cap, dh), f32),
+                   m=np.zeros((H, cap), f32), codes=np.zeros((cap, H), i64), qnorm=np.zeros((H, cap), f32),
+                   vmax=np.ones(H), den=np.ones((H, cap)), den_err=np.zeros((H, cap)), o=np.zeros((H, cap, dh), f32),
                    o_err=np.zeros((H, cap)), margin=np.full((H, cap), 100.0, f64), ct=book.ct, sq=sq, inv_2pair=inv,
                    pen=pen, err_const=ec, err_norm=en, need=np.zeros(n, np.uint8), changed=np.zeros(n, np.uint8))
-    return [buffers[k] for k in NAMES] + [H, H, cap, dh, X, K_, n, X, 0, 0, 0.3, 1e-15, 1e-9, 0.25]
+    return [buffers[k] for k in NAMES] + [H, H, cap, dh, X, K_, n, X, 0, 0, 0.3, 1e-15, 1e-9, 0.25, 16.0]
 
 
 DEN = NAMES.index("den")
@@ -76,8 +76,9 @@ def test_lazy_update_runs_on_consistent_buffers():
     ((0, np.zeros((2, 3, 8), np.float32)), "q has"),
     ((4, np.array([0, 1, 9])), "slot 9 outside"),
     ((7, np.full((4, 2), 7)), "code outside"),
-    ((22, np.zeros(2, np.uint8)), "need has"),
-    ((24, 0), "inconsistent dimensions"),
+    ((NAMES.index("need"), np.zeros(2, np.uint8)), "need has"),
+    ((NAMES.index("qnorm"), np.zeros((2, 3), np.float32)), "qnorm has"),
+    ((len(NAMES), 0), "inconsistent dimensions"),
 ])
 def test_lazy_update_refuses_bad_buffers(bad, match):
     args = _args()
@@ -157,3 +158,55 @@ def test_attend64_matches_the_numpy_float64_path(DH):
     with pytest.raises(ValueError, match="not the slot"):
         K.attend64(layer.q, layer.k, layer.v, pos, order[::-1].copy(), rows.astype(np.int64), o, m, den, H, HKV, cap,
                    DH, 7, 30, 0.25)
+
+
+@pytest.mark.parametrize("DH", [32, 5])
+def test_recompute64_matches_attend64_then_rows_store(DH):
+    """recompute64 (one C call) equals attend64 followed by the Python steps it replaces (nearest code,
+    margins, error bounds, float32 rounding: attention._Rows.store): codes identical, the rest equal far
+    below their error bounds."""
+    from vqinc.runtime.attention import _Rows
+    from vqinc.runtime.numerics import U64, Codebook
+    from vqinc.runtime.state import LayerState
+
+    rng = np.random.default_rng(2)
+    H, HKV, cap, R = 4, 2, 40, 6
+
+    class Spec:
+        num_heads, num_kv_heads, head_dim, group, d_model = H, HKV, DH, H // HKV, H * DH
+
+    layer = LayerState.empty(cap, Spec)
+    layer.q[:] = rng.normal(size=layer.q.shape)
+    layer.k[:] = rng.normal(size=layer.k.shape)
+    layer.v[:] = rng.normal(size=layer.v.shape)
+    layer.qnorm[:] = np.sqrt((layer.q.astype(np.float64) ** 2).sum(-1)) * (1 + 1e-5)
+    kmax = np.sqrt((layer.k.astype(np.float64) ** 2).sum(-1)).max(1) * (1 + 1e-5)
+    vmax = np.sqrt((layer.v.astype(np.float64) ** 2).sum(-1)).max(1) * (1 + 1e-5)
+    live = rng.permutation(cap)[:30]
+    pos = np.full(cap, -1, np.int64)
+    pos[live] = np.arange(30)
+    order, slots = live.astype(np.int64), live[[2, 9, 29, 0, 17, 4]].astype(np.int64)
+    book = Codebook(rng.normal(size=(H, 8, DH)) * 0.3)
+    scale = float(np.float32(DH**-0.5))
+
+    ref = _Rows(layer, slots, kmax, vmax, book, Spec)
+    o, m, den = np.empty((H, R, DH)), np.empty((H, R)), np.empty((H, R))
+    K.attend64(layer.q, layer.k, layer.v, pos, order, slots, o, m, den, H, HKV, cap, DH, R, 30, scale)
+    codes, s = book.nearest(o)
+    ref.store(slice(None), np.arange(R), o, m, den, codes, U64, cap, s)
+
+    got = _Rows(layer, slots, kmax, vmax, book, Spec)
+    _, sq, inv, pen, ec, en, _ = book.parts
+    K.recompute64(layer.q, layer.k, layer.v, pos, order, slots, layer.qnorm, kmax, vmax, book.ct, sq, inv, pen, ec, en,
+                  got.o, got.m, got.den, got.den_err, got.o_err, got.margin, got.codes, H, HKV, cap, DH, R, 30, 8,
+                  scale, float(EXP_ULPS))
+    assert (got.codes == ref.codes).all()
+    assert (got.m == ref.m).all()
+    np.testing.assert_allclose(got.o, ref.o, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got.margin, ref.margin, rtol=0, atol=1e-11)
+    for name in ("den", "den_err", "o_err"):
+        np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-9)
+    with pytest.raises(ValueError, match="qnorm has"):
+        K.recompute64(layer.q, layer.k, layer.v, pos, order, slots, layer.qnorm[:, :3].copy(), kmax, vmax, book.ct, sq,
+                      inv, pen, ec, en, got.o, got.m, got.den, got.den_err, got.o_err, got.margin, got.codes, H, HKV,
+                      cap, DH, R, 30, 8, scale, float(EXP_ULPS))
