@@ -207,13 +207,14 @@ def recompute_rows(run_attend: AttendFn, run_refine: AttendFn, layer: LayerState
     split them."""
     rows = _Rows(layer, slots, kmax, vmax, codebook, spec)
     if kernels.NATIVE is not None and len(slots) <= NATIVE_ROWS:  # a few rows: float64 in C, no graph call
-        h, r = spec.num_heads, len(slots)
-        o, m, den = np.empty((h, r, spec.head_dim)), np.empty((h, r)), np.empty((h, r))
-        kernels.NATIVE.attend64(layer.q, layer.k, layer.v, pos, order, np.ascontiguousarray(slots, np.int64), o, m,
-                                den, h, spec.num_kv_heads, layer.k.shape[1], spec.head_dim, r, len(order),
-                                float(np.float32(spec.head_dim**-0.5)))
-        codes, s = codebook.nearest(o)
-        rows.store(slice(None), np.arange(r), o, m, den, codes, U64, layer.k.shape[1], s)
+        # attend64, then what rows.store does with its float64 result (codes, margins, bounds), in one C call
+        _, sq, inv, pen, err_const, err_norm, _ = codebook.parts
+        kernels.NATIVE.recompute64(
+            layer.q, layer.k, layer.v, pos, order, np.ascontiguousarray(slots, np.int64), layer.qnorm,
+            np.ascontiguousarray(kmax, np.float64), np.ascontiguousarray(vmax, np.float64), codebook.ct, sq, inv, pen,
+            err_const, err_norm, rows.o, rows.m, rows.den, rows.den_err, rows.o_err, rows.margin, rows.codes,
+            spec.num_heads, spec.num_kv_heads, layer.k.shape[1], spec.head_dim, len(slots), len(order),
+            codebook.c.shape[1], float(np.float32(spec.head_dim**-0.5)), float(EXP_ULPS))
     elif len(slots) <= CHUNK_ROWS:  # few rows: attend over the whole key buffer, no copies
         o, m, den, codes = run_attend(layer.q[:, slots], layer.k, layer.v, pos[slots], pos)
         rows.store(slice(None), np.arange(len(slots)), o.astype(np.float64), m, den, codes.T, U32, layer.k.shape[1])
