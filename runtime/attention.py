@@ -34,6 +34,7 @@ NATIVE_ROWS = 32
 graph: for a few rows the graph call costs more than the arithmetic (with the blocked kernel, 32 rows over
 1,024 keys take ~0.6 ms against ~0.9 ms for the graph inside an edit), and float64 rows are almost never
 undecided."""
+EMPTY_SLOTS = np.zeros(0, np.int64)
 CANCELLATION = 0.25
 """A row whose denominator's error bound exceeds this fraction of it is recomputed (the movement bound
 divides by den − err, so it stays sound below this; the limit only keeps it from growing useless)."""
@@ -232,7 +233,7 @@ def recompute_rows(run_attend: AttendFn, run_refine: AttendFn, layer: LayerState
         o64, m64, den64 = _attention64(layer, h, slots[r], pos, spec)
         code, s = codebook.nearest(o64[None], [h])
         rows.store([h], r, o64[None], m64[None], den64[None], code, U64, layer.k.shape[1], s)
-    canonical = np.nonzero(rows.unsure().any(axis=0))[0]
+    canonical = np.nonzero(rows.unsure().any(axis=0))[0] if refined else EMPTY_SLOTS
     pairs = 0
     for r in canonical:
         b = slots[r]

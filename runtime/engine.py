@@ -158,7 +158,7 @@ class Engine:
         if len(plan.lazy):
             keys = self._key_delta(job, L, plan, dirty_k, dirty_v)
             lazy = lazy_update(L, plan.lazy, st.pos[plan.lazy], keys, self.codebooks[li], spec, st.vmax[li])
-            need, lazy_changed = lazy.need, plan.lazy[lazy.changed]
+            need, lazy_changed = lazy.need, plan.lazy[lazy.changed]  # plan.lazy is in position order
         else:
             need, lazy_changed = np.zeros(0, bool), EMPTY
         if len(plan.lazy) and plan.changed_keys:
@@ -167,11 +167,11 @@ class Engine:
         stats.rows["lazy"].append(len(plan.lazy))
         stats.macs += int(len(plan.lazy) * plan.changed_keys * spec.num_heads * spec.head_dim)
         self._store_qkv(st, li, plan.dirty, dirty_q, dirty_k, dirty_v)
-        recompute = np.union1d(plan.recompute, plan.lazy[need]).astype(np.int64)
+        recompute = _union(plan.recompute, plan.lazy[need]) if need.any() else plan.recompute
         code_changed = EMPTY
         refined = 0
         if len(recompute):
-            old = L.codes[recompute].copy()
+            old = L.codes[recompute]
             res = recompute_rows(self._attend_fn(li), self._refine, L, recompute, st.pos, st.order,
                                  st.kmax[li], st.vmax[li], self.codebooks[li], spec)
             L.codes[recompute] = res.codes
@@ -188,8 +188,7 @@ class Engine:
         stats.rows["refine"].append(refined)
         stats.dense_layers += int(plan.dense)
         stats.rows["rescore"].append(len(lazy_changed))
-        code_changed = np.union1d(code_changed, lazy_changed)
-        job.changed = np.union1d(job.changed, code_changed).astype(np.int64)  # rows that need post
+        job.changed = _union(job.changed, _union(code_changed, lazy_changed))  # rows that need post
 
     @staticmethod
     def _key_delta(job: _Job, L, plan: LayerPlan, dirty_k: np.ndarray, dirty_v: np.ndarray) -> KeyDelta:
@@ -255,15 +254,15 @@ class Engine:
                 j.pending = None
         if not todo:
             return
-        x = np.concatenate([j.state.layers[li].x[j.changed] for j in todo])
-        codes = np.concatenate([j.state.layers[li].codes[j.changed] for j in todo])
+        x = _gather([j.state.layers[li].x for j in todo], todo)
+        codes = _gather([j.state.layers[li].codes for j in todo], todo)
         if last:
             (y,) = self.x.run("final", x=x, codes=codes)
             for j, sl in zip(todo, _splits(todo), strict=True):
                 self._pool(j, y[sl])
                 j.stats.macs += len(j.changed) * self.macs["final"].per_row
             return
-        positions = np.concatenate([j.state.pos[j.changed] for j in todo])
+        positions = _gather([j.state.pos for j in todo], todo)
         out, q, k, v = self.x.run("post", li, x=x, codes=codes, positions=positions)
         for j, sl in zip(todo, _splits(todo), strict=True):
             nxt = j.state.layers[li + 1].x
@@ -301,6 +300,22 @@ class Engine:
         for j, row in zip(todo, logits, strict=True):
             j.state.logits = row
             j.stats.macs += self.macs["head"].per_row
+
+
+def _union(a: I64, b: I64) -> I64:
+    """np.union1d of `a` (sorted, distinct) and `b` (distinct), without its sort when b is empty."""
+    if not len(b):
+        return a
+    if not len(a):
+        return np.sort(b)
+    return np.union1d(a, b).astype(np.int64)
+
+
+def _gather(arrays: list[np.ndarray], jobs: list[_Job]) -> np.ndarray:
+    """Rows `changed` of each job's array, concatenated (one job: the gather alone)."""
+    if len(jobs) == 1:
+        return arrays[0][jobs[0].changed]
+    return np.concatenate([a[j.changed] for a, j in zip(arrays, jobs, strict=True)])
 
 
 def _splits(jobs: list[_Job]) -> list[slice]:

@@ -143,4 +143,4 @@ class Graph:
             if feeds[n].size == 0:  # an engine bug, never user input: ORT may crash on it (see above)
                 raise RuntimeError(f"{self.name}: refusing to run on an empty input {n!r} {feeds[n].shape}")
         rows = feeds[self._rows[0]].shape[self._rows[1]] if self._rows and self._rows[0] in feeds else BULK_ROWS
-        return self.session_for(rows).run(None, {n: feeds[n] for n in self.inputs})
+        return self.session_for(rows).run(self.outputs, {n: feeds[n] for n in self.inputs})
