@@ -38,6 +38,12 @@ static inline v8d load8(const double *p) {
     return r;
 }
 static inline void store8(double *p, v8d x) { memcpy(p, &x, sizeof x); }
+typedef float v16f __attribute__((vector_size(64)));
+static inline v16f load16f(const float *p) {
+    v16f r;
+    memcpy(&r, p, sizeof r);
+    return r;
+}
 
 static int check_len(Py_buffer *b, Py_ssize_t items, Py_ssize_t itemsize, const char *name) {
     if (b->len != items * itemsize) {
@@ -46,19 +52,6 @@ static int check_len(Py_buffer *b, Py_ssize_t items, Py_ssize_t itemsize, const 
         return 0;
     }
     return 1;
-}
-
-/* Dot product of two float32 rows in float32, eight independent partial sums (vectorisable; the bound
- * gamma(dh + 2) of numerics.py holds for any summation order). */
-CLONES static float dot32(const float *a, const float *b, Py_ssize_t n) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    Py_ssize_t d = 0;
-    for (; d + 8 <= n; d += 8)
-        for (int j = 0; j < 8; j++) acc[j] += a[d + j] * b[d + j];
-    float s = 0.0f;
-    for (; d < n; d++) s += a[d] * b[d];
-    for (int j = 0; j < 8; j++) s += acc[j];
-    return s;
 }
 
 /* exp(z) for z <= OVERFLOW in float64 with a relative error below 1e-12 (the bounds allow EXP_ULPS
@@ -167,7 +160,7 @@ typedef struct {
     double *e;
     uint8_t *over;
     double *work;
-    float *onew;
+    float *onew, *kt;
     Py_ssize_t H, cap, dh, X, K, n, a, r, M, group;
     double scale, g6, keep_eps, cancellation, tiny, u32, gsum;
     Py_ssize_t count;
@@ -188,19 +181,37 @@ CLONES static void lazy_rows(LazyArgs *A) {
     double scale = A->scale, g6 = A->g6, keep_eps = A->keep_eps, cancellation = A->cancellation, tiny = A->tiny,
            u32 = A->u32, gsum = A->gsum;
     memset(over, 0, (size_t)n);
+    /* scores in float32 like the attend graph: (q . k) * scale - m. The keys of a head are transposed to
+     * (dh, Xp) so that a row's scores of 16 keys accumulate side by side in one vector, four rows at a time
+     * (independent chains); the dot products are reassociated, which gamma(dh + 2) allows */
+    Py_ssize_t Xp = (X + 15) / 16 * 16;
+    float *kt = A->kt;
     for (Py_ssize_t h = 0; h < H; h++) {
         const float *kh = k + (h / group) * X * dh;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            Py_ssize_t s = slots[i];
-            const float *qh = q + (h * cap + s) * dh;
-            float m = mref[h * cap + s];
-            double *ei = e + (h * n + i) * X;
-            for (Py_ssize_t x = 0; x < X; x++) {
-                /* float32 like the attend graph: (q . k) * scale - m */
-                double z = (double)(dot32(qh, kh + x * dh, dh) * (float)scale - m);
-                if (kpos[x] > qpos[i]) z = -1000.0;
-                else if (z > OVERFLOW - 1) { over[i] = 1; z = 0.0; }
-                ei[x] = z;
+        for (Py_ssize_t d = 0; d < dh; d++)
+            for (Py_ssize_t x = 0; x < Xp; x++) kt[d * Xp + x] = x < X ? kh[x * dh + d] : 0.0f;
+        for (Py_ssize_t i0 = 0; i0 < n; i0 += 4) {
+            Py_ssize_t nr = n - i0 < 4 ? n - i0 : 4;
+            const float *qr[4];
+            for (Py_ssize_t r = 0; r < 4; r++) qr[r] = q + (h * cap + slots[i0 + (r < nr ? r : 0)]) * dh;
+            for (Py_ssize_t c = 0; c < Xp; c += 16) {
+                v16f a[4] = {{0}, {0}, {0}, {0}};
+                for (Py_ssize_t d = 0; d < dh; d++) {
+                    v16f kv = load16f(kt + d * Xp + c);
+                    for (int r = 0; r < 4; r++) a[r] += qr[r][d] * kv;
+                }
+                for (Py_ssize_t r = 0; r < nr; r++) {
+                    Py_ssize_t i = i0 + r;
+                    float m = mref[h * cap + slots[i]], dots[16];
+                    memcpy(dots, &a[r], sizeof dots);
+                    double *ei = e + (h * n + i) * X;
+                    for (Py_ssize_t x = c; x < c + 16 && x < X; x++) {
+                        double z = (double)(dots[x - c] * (float)scale - m);
+                        if (kpos[x] > qpos[i]) z = -1000.0;
+                        else if (z > OVERFLOW - 1) { over[i] = 1; z = 0.0; }
+                        ei[x] = z;
+                    }
+                }
             }
         }
     }
@@ -379,11 +390,13 @@ static PyObject *lazy_update(PyObject *self, PyObject *args) {
     uint8_t *over = PyMem_RawMalloc((size_t)(n > 0 ? n : 1));
     double *work = PyMem_RawMalloc((size_t)(H * dh + dh + K + Hkv * X) * sizeof(double));
     float *onew = PyMem_RawMalloc((size_t)(H * dh) * sizeof(float));
-    if (e == NULL || over == NULL || work == NULL || onew == NULL) {
+    float *kt = PyMem_RawMalloc((size_t)(dh * ((X + 15) / 16 * 16)) * sizeof(float));
+    if (e == NULL || over == NULL || work == NULL || onew == NULL || kt == NULL) {
         PyMem_RawFree(e);
         PyMem_RawFree(over);
         PyMem_RawFree(work);
         PyMem_RawFree(onew);
+        PyMem_RawFree(kt);
         PyErr_NoMemory();
         goto done;
     }
@@ -421,7 +434,7 @@ static PyObject *lazy_update(PyObject *self, PyObject *args) {
         vmax[h] = vm * (1.0 + 1e-12);
     }
     LazyArgs A = {q, k, v, mref, kpos, slots, qpos, codes, vnorm, vmax, slack, cb, sq, inv, pen, ec, en, den, derr,
-                  oerr, margin, ostore, need, changed, e, over, work, onew, H, cap, dh, X, K, n, a, r, M, group,
+                  oerr, margin, ostore, need, changed, e, over, work, onew, kt, H, cap, dh, X, K, n, a, r, M, group,
                   scale, g6, keep_eps, cancellation, tiny, u32, gsum, 0};
     Py_BEGIN_ALLOW_THREADS
     lazy_rows(&A);
@@ -431,6 +444,7 @@ static PyObject *lazy_update(PyObject *self, PyObject *args) {
     PyMem_RawFree(over);
     PyMem_RawFree(work);
     PyMem_RawFree(onew);
+    PyMem_RawFree(kt);
     result = PyLong_FromSsize_t(count);
 done:
     for (size_t b = 0; b < sizeof(all) / sizeof(all[0]); b++) PyBuffer_Release(all[b]);
