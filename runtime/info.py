@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from vqinc.runtime.manifest import ModelDirError, graph_files, load_manifest
-from vqinc.runtime.providers import describe_providers
-from vqinc.runtime.stages import STAGES
+from vqinc.runtime.format.manifest import ModelDirError, graph_files, load_manifest
+from vqinc.runtime.format.stages import STAGES, token_macs
+from vqinc.runtime.ort.providers import describe_providers
 
 
 def describe(model_dir: str | Path) -> str:
     root = Path(model_dir)
     m = load_manifest(root)
     s, g = m.spec, m.graphs
-    per_token = (g["embed_qkv"].macs_per_row + g["attend"].macs_per_row + g["final"].macs_per_row) * s.num_layers
+    per_token = token_macs(s)
     ops: Counter[str] = Counter()
     try:
         import onnx  # optional here: the runtime itself needs only onnxruntime

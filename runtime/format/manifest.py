@@ -12,11 +12,12 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from vqinc.runtime.config import ConfigError, ModelSpec
-from vqinc.runtime.stages import STAGES, Stage
+from vqinc.runtime.format.spec import ConfigError, ModelSpec
+from vqinc.runtime.format.stages import STAGES, Stage
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -69,8 +70,9 @@ class Manifest:
     """Optional standard past-KV decoder (`vqinc export --decoder`), the `prefix_kv` baseline; not a stage of
     the incremental engine. Its per-layer I/O names are `%d` templates."""
 
-    @property
+    @cached_property
     def spec(self) -> ModelSpec:
+        """`model` parsed and validated, once (load_manifest parses it first, with the file's name on errors)."""
         return ModelSpec.from_dict(self.model)
 
     @property
@@ -133,7 +135,7 @@ def load_manifest(model_dir: str | Path, check_hashes: bool = True) -> Manifest:
     if raw["fingerprint"] != expected:
         raise ModelDirError(f"{path}: fingerprint {raw['fingerprint']!r} does not match its config and weights "
                             f"({expected}): the manifest was edited or mixed with another export")
-    graphs = {name: _graph_spec(path, name, g, spec) for name, g in raw["graphs"].items()}
+    graphs = {name: _graph_spec(path, name, g) for name, g in raw["graphs"].items()}
     missing = [name for name, st in STAGES.items() if not st.optional and st.needed(spec) and name not in graphs]
     if missing:
         raise ModelDirError(f"{path}: graphs {missing} missing; present: {sorted(graphs)}")
@@ -197,7 +199,7 @@ def _nonneg_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (1 << 62)
 
 
-def _graph_spec(path: Path, name: str, g: Any, spec: ModelSpec) -> GraphSpec:
+def _graph_spec(path: Path, name: str, g: Any) -> GraphSpec:
     stage: Stage | None = STAGES.get(name)
     if stage is None:
         raise ModelDirError(f"{path}: unknown graph {name!r}; stages are {sorted(STAGES)}")
