@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from serve_support import TIMEOUT, web_server
 
-from vqinc.runtime.model import Model, default_model_dir
+from vqinc.runtime.model_dir import Model, default_model_dir
 from vqinc.runtime.serve.manager import ServeLimits
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
