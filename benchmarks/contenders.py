@@ -122,7 +122,7 @@ def decoder_for(model: Model, attention: str | None = None, log=print) -> tuple[
     `attention` (None: whatever is there, else the exporter's default), export one (needs torch) into a copy
     of the directory in this user's private cache (`private_cache_dir`), keyed by fingerprint and kind, and
     load it from there."""
-    have = model.manifest.info.get("decoder", {}).get("attention") if model.manifest.decoder_graph else None
+    have = model.manifest.provenance.decoder_attention if model.manifest.decoder_graph else None
     if have is not None and attention in (None, have):
         return KVDecoder(model), str(model.root)
     cache = private_cache_dir() / f"decoder-{model.manifest.fingerprint}-{attention or 'auto'}"

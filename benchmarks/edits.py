@@ -213,7 +213,7 @@ def run(args) -> dict:
         "decoder_providers": decoder.session.get_providers(),
         "ort_intra_op_threads": args.threads or os.cpu_count(), "torch": torch_meta,
         "fingerprint": model.manifest.fingerprint, "model_dir": str(model.root), "decoder_dir": decoder_dir,
-        "decoder_attention": decoder.model.manifest.info.get("decoder", {}).get("attention"),
+        "decoder_attention": decoder.model.manifest.provenance.decoder_attention,
         "git": _git(), "machine": platform.machine(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0], "argv": sys.argv, "quick": args.quick, "trace": str(args.trace),
         "loadavg_before": load_before, "tokenizer_timed_for_baselines": False, "kernels": kernels.kind(),

@@ -142,7 +142,7 @@ def verify_decoder(model_dir: str | Path, texts: tuple[str, ...] = SAMPLE_TEXTS)
 
     rt = Model.load(model_dir, threads=1)
     dec = KVDecoder(rt)
-    report = DecoderReport(str(rt.manifest.info.get("decoder", {}).get("attention", "?")))
+    report = DecoderReport(rt.manifest.provenance.decoder_attention or "?")
     for text in texts:
         ids = rt.encode_ids(text)
         f_logits, f_codes = rt.run_full(ids)

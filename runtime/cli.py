@@ -203,7 +203,7 @@ def _true_labels(path: Path, limit: int | None = None) -> dict[str, str]:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from vqinc.runtime.info import info_field
+    from vqinc.runtime.info import describe_scores
     from vqinc.runtime.model_dir import default_model_dir
     from vqinc.runtime.replay.run import ReplaySummary, replay_trace
     from vqinc.runtime.replay.traces import git_file_history, read_trace_file
@@ -222,11 +222,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
         traces = list(read_trace_file(path, limit=a.limit))
         labels = _true_labels(path, a.limit)
     model = _load(str(root), a.threads, a.providers)
-    info = model.manifest.info
+    prov = model.manifest.provenance
     print(f"model {root.name}: {model.num_layers} layers, d={model.d_model}, labels {list(model.labels)}; "
-          f"test accuracy {info_field(info, 'student', 'accuracy')}, "
-          f"macro-F1 {info_field(info, 'student', 'macro_f1')} "
-          f"({info_field(info, 'dataset')})")
+          f"test {describe_scores(prov.student)} ({prov.dataset or '?'})")
     summary = ReplaySummary()
     for trace in traces:
         truth = f", true label: {labels[trace.doc_id]}" if trace.doc_id in labels else ""

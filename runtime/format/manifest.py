@@ -51,6 +51,43 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """A model's test scores, as training recorded them."""
+
+    accuracy: float | None = None
+    macro_f1: float | None = None
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Typed view of `info`, manifest.json's free-form provenance (training and export write it; a hand
+    edit may break any field, so a field of the wrong type reads as None and nothing else fails)."""
+
+    dataset: str | None = None
+    teacher: Scores | None = None
+    student: Scores | None = None
+    decoder_attention: str | None = None
+    """Attention of the optional past-KV decoder graph ("gqa", "plain", ...)."""
+
+    @classmethod
+    def from_info(cls, info: Any) -> Provenance:
+        info = info if isinstance(info, dict) else {}
+
+        def text(v: Any) -> str | None:
+            return str(v)[:200] if isinstance(v, (str, int, float)) and not isinstance(v, bool) else None
+
+        def number(v: Any) -> float | None:
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+        def scores(v: Any) -> Scores | None:
+            return Scores(number(v.get("accuracy")), number(v.get("macro_f1"))) if isinstance(v, dict) else None
+
+        decoder = info.get("decoder")
+        return cls(text(info.get("dataset")), scores(info.get("teacher")), scores(info.get("student")),
+                   text(decoder.get("attention")) if isinstance(decoder, dict) else None)
+
+
+@dataclass(frozen=True)
 class Manifest:
     format_version: int
     model: dict[str, Any]
@@ -74,6 +111,11 @@ class Manifest:
     def spec(self) -> ModelSpec:
         """`model` parsed and validated, once (load_manifest parses it first, with the file's name on errors)."""
         return ModelSpec.from_dict(self.model)
+
+    @cached_property
+    def provenance(self) -> Provenance:
+        """`info`, typed."""
+        return Provenance.from_info(self.info)
 
     @property
     def full_graph(self) -> GraphSpec | None:
