@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vqinc.runtime import document as _document
-from vqinc.runtime.document import HISTORY, Document, check_int, check_text
+from vqinc.runtime.document import HISTORY, Document, DocumentOutputs, check_int, check_text
 from vqinc.runtime.engine.propagate import EditStats
 from vqinc.runtime.format.stages import full_macs, stage_macs
 from vqinc.runtime.model_dir import softmax
@@ -87,7 +87,7 @@ class _Plan:
     ms: float = 0.0
 
 
-class ChunkedDocument:
+class ChunkedDocument(DocumentOutputs):
     """A document of any length (up to `ChunkConfig.max_doc_chars`). Create with
     `model.document(text, chunked=True)` (or `model.document(text)` for a text longer than the window)."""
 
@@ -118,20 +118,6 @@ class ChunkedDocument:
     def logits(self) -> np.ndarray:
         with self._lock:
             return self._logits.copy()
-
-    @property
-    def probs(self) -> np.ndarray:
-        return softmax(self.logits)
-
-    @property
-    def label(self) -> str:
-        return self.model.label_of(self.logits)
-
-    @property
-    def stats(self) -> EditStats:
-        """What the latest edit (or the initial build) cost."""
-        with self._lock:
-            return self.history[-1]
 
     @property
     def num_tokens(self) -> int:

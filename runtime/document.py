@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -87,7 +87,29 @@ class _Prepared:
         return self.n_delete == 0 and not self.ids
 
 
-class Document:
+class DocumentOutputs:
+    """What `Document` and `ChunkedDocument` derive the same way from their `logits` and `history`."""
+
+    model: Model
+    history: Any
+    _lock: Any
+
+    @property
+    def probs(self) -> np.ndarray:
+        return softmax(self.logits)
+
+    @property
+    def label(self) -> str:
+        return self.model.label_of(self.logits)
+
+    @property
+    def stats(self) -> EditStats:
+        """What the latest edit (or the initial build) cost."""
+        with self._lock:
+            return self.history[-1]
+
+
+class Document(DocumentOutputs):
     """Incrementally classified text. Create with `model.document(text)`."""
 
     def __init__(self, model: Model, text: str = "", _ids: list[int] | None = None):
@@ -119,20 +141,6 @@ class Document:
     def logits(self) -> np.ndarray:
         with self._lock:
             return self._live().logits.copy()
-
-    @property
-    def probs(self) -> np.ndarray:
-        return softmax(self.logits)
-
-    @property
-    def label(self) -> str:
-        return self.model.label_of(self.logits)
-
-    @property
-    def stats(self) -> EditStats:
-        """What the latest edit (or the initial build) cost."""
-        with self._lock:
-            return self.history[-1]
 
     @property
     def codes(self) -> np.ndarray:
