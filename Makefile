@@ -28,10 +28,10 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
 	$(PIP) install --quiet gguf accelerate
 	touch $@
 
-# The engine's C kernels (runtime/_kernels.c), rebuilt whenever the source changes (`pip install -e .`
+# The engine's C kernels (runtime/engine/_kernels.c), rebuilt whenever the source changes (`pip install -e .`
 # builds them once; an editable install does not rebuild a changed .c). Optional for the demo: without a
 # compiler the runtime runs its numpy paths. Required by the tests (VQINC_REQUIRE_KERNELS=1).
-$(VENV)/.kernels: runtime/_kernels.c setup.py $(VENV)/.runtime
+$(VENV)/.kernels: runtime/engine/_kernels.c setup.py $(VENV)/.runtime
 	$(PY) setup.py --quiet build_ext --inplace --force
 	touch $@
 
@@ -53,13 +53,13 @@ test: $(VENV)/.dev $(VENV)/.kernels browser
 	VQINC_REQUIRE_KERNELS=1 $(PY) -m pytest -q -x
 
 bench: $(VENV)/.dev  # smoke run, under 2 minutes on 2 cores
-	$(PY) benchmarks/edits.py --quick
+	$(PY) -m benchmarks.edits --quick
 
 bench-full: $(VENV)/.dev  # the README's headline table (n = 1,024 and 4,000; tens of minutes on 2 cores)
-	$(PY) benchmarks/edits.py
+	$(PY) -m benchmarks.edits
 
 scaling: $(VENV)/.dev  # the README's scaling plot (n = 256 ... 4,000)
-	$(PY) benchmarks/scaling.py
+	$(PY) -m benchmarks.scaling
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

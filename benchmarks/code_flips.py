@@ -19,9 +19,9 @@ No wall-clock figure is measured here: code flips are a property of the model, M
 engine (the JSON records the runtime's git commit).
 
 Usage:
-  python benchmarks/code_flips.py MODEL_DIR --trace ../shared/data/pep-revisions.jsonl.gz --split dev \
+  python -m benchmarks.code_flips MODEL_DIR --trace ../shared/data/pep-revisions.jsonl.gz --split dev \
       --docs 10 --edits 30 --max-tokens 1024 --out benchmarks/results/x_code_flips.json
-  python benchmarks/code_flips.py MODEL_DIR --dataset rotten_tomatoes --edits 200
+  python -m benchmarks.code_flips MODEL_DIR --dataset rotten_tomatoes --edits 200
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-from edits import workload  # noqa: E402  (the same documents and edits as the wall-clock benchmark)
+import numpy as np
 
-from vqinc.runtime import Model  # noqa: E402
+from benchmarks.edits import workload  # the same documents and edits as the wall-clock benchmark
+from vqinc.runtime import Model
+from vqinc.runtime.format.stages import savings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -116,7 +116,7 @@ def trace_flips(model: Model, a) -> dict:
         "mean_post_rows_per_layer": [round(float(x), 2) for x in np.mean([r["post_rows"] for r in rows], 0)],
         "changed_tokens": _stat([r["removed"] + r["inserted"] for r in rows]),
         "macs_saving": _stat([r["savings"] for r in rows]),
-        "macs_saving_total": float(sum(r["full_macs"] for r in rows) / max(1, sum(r["macs"] for r in rows))),
+        "macs_saving_total": float(savings(sum(r["full_macs"] for r in rows), sum(r["macs"] for r in rows))),
         "near_ties": int(sum(r["near_ties"] for r in rows)),
         "rows": rows,
     }

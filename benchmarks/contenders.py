@@ -5,7 +5,7 @@ gets the character edit (`Document.edit`), since incremental re-tokenisation is 
 
   ort_full         full.onnx over the whole window (monolithic graph, as exported: plain attention)
   prefix_kv        decoder.onnx, the standard past-KV decoder: cut the cache at the first changed
-                   token, run the suffix (runtime/decoder.py; fused ORT attention where it applies)
+                   token, run the suffix (runtime/baseline/prefix_kv.py; fused ORT attention where it applies)
   torch_full       PyTorch eager forward of the same VQ model over the whole window
   torch_prefix_kv  PyTorch eager `forward_cached`: the model's own forward fed the cached K/V of the
                    unchanged prefix (Hugging Face's past_key_values pattern)
@@ -20,15 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vqinc.runtime.atomic import replacing_dir
-from vqinc.runtime.decoder import KVDecoder
-from vqinc.runtime.model import Model
-
-
-def first_change(old: np.ndarray, new: np.ndarray) -> int:
-    lim = min(len(old), len(new))
-    neq = np.flatnonzero(old[:lim] != new[:lim])
-    return int(neq[0]) if len(neq) else lim
+from vqinc.runtime.baseline.prefix_kv import KVDecoder
+from vqinc.runtime.format.atomic import replacing_dir
+from vqinc.runtime.model_dir import Model
+from vqinc.runtime.text.splice import first_difference
 
 
 class OrtFull:
@@ -87,7 +82,7 @@ class TorchPrefixKV:
         import torch
 
         new = np.concatenate([np.asarray([self.bos], np.int64), ids])
-        p = first_change(self.ids, new)
+        p = first_difference(self.ids, new)
         if p == len(new) == len(self.ids):
             return self.logits
         start = min(p, len(new) - 1)
@@ -127,7 +122,7 @@ def decoder_for(model: Model, attention: str | None = None, log=print) -> tuple[
     `attention` (None: whatever is there, else the exporter's default), export one (needs torch) into a copy
     of the directory in this user's private cache (`private_cache_dir`), keyed by fingerprint and kind, and
     load it from there."""
-    have = model.manifest.info.get("decoder", {}).get("attention") if model.manifest.decoder_graph else None
+    have = model.manifest.provenance.decoder_attention if model.manifest.decoder_graph else None
     if have is not None and attention in (None, have):
         return KVDecoder(model), str(model.root)
     cache = private_cache_dir() / f"decoder-{model.manifest.fingerprint}-{attention or 'auto'}"

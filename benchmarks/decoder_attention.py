@@ -5,7 +5,7 @@ Exports each kind into a copy of the model directory (needs torch), checks it ag
 `KVDocument.set_ids` for a substitution S tokens before the end (best of --repeats). The default kind of
 `vqinc export --decoder` (GQA where ORT's kernel takes the shape) follows from these timings.
 
-Usage: python benchmarks/decoder_attention.py [--model-dir DIR] [--n 1024] [--repeats 5]
+Usage: python -m benchmarks.decoder_attention [--model-dir DIR] [--n 1024] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
+import numpy as np
+import onnxruntime as ort
 
-from vqinc.export.decoder import ATTENTION_KINDS, Decoder, add_decoder  # noqa: E402
-from vqinc.export.from_dir import model_from_dir  # noqa: E402
-from vqinc.export.verify import verify_decoder  # noqa: E402
-from vqinc.runtime.decoder import KVDecoder  # noqa: E402
-from vqinc.runtime.model import Model, default_model_dir  # noqa: E402
+from vqinc.export.decoder import ATTENTION_KINDS, Decoder, add_decoder
+from vqinc.export.from_dir import model_from_dir
+from vqinc.export.verify import verify_decoder
+from vqinc.runtime.baseline.prefix_kv import KVDecoder
+from vqinc.runtime.model_dir import Model, default_model_dir
 
 
 def main(argv=None) -> int:

@@ -4,10 +4,10 @@ The bundled model is trained on the train split of pep-types.jsonl.gz (and pretr
 train texts), so the demo shows predictions on documents it never saw. Rule (no hand-picking by the
 model's behaviour): for each PEP type, the dev PEP with the most revisions among those whose first
 revision is shorter than 3,000 characters, so the replay shows the document being written. Each record
-is the trace format of `vqinc.runtime.traces` plus its true `label`. PEP texts are public domain or
+is the trace format of `vqinc.runtime.replay.traces` plus its true `label`. PEP texts are public domain or
 CC0-1.0 (each PEP's copyright section says so).
 
-Usage: python benchmarks/demo_traces.py [--out runtime/data/pep-dev-histories.jsonl.gz]
+Usage: python -m benchmarks.demo_traces [--out runtime/data/pep-dev-histories.jsonl.gz]
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ The old "prefix-KV through vqinc's own stage graphs" contender is gone: it measu
 sparsity switched off (27 graph calls per edit, float64 attention), a strawman as a baseline;
 benchmarks/profile_edits.py is the tool for the engine's own overheads.
 
-Usage: python benchmarks/edits.py [--quick] [--windows 1024 4000] [--modes atomic keystroke] [--model-dir DIR]
+Usage: python -m benchmarks.edits [--quick] [--windows 1024 4000] [--modes atomic keystroke] [--model-dir DIR]
 Writes edits.json (every edit of every contender, and the run's conditions) and edits.md to --out.
 """
 
@@ -32,19 +32,18 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-from contenders import OrtFull, PrefixKV, TorchFull, TorchPrefixKV, decoder_for  # noqa: E402
+import numpy as np
+import onnxruntime as ort
 
-from vqinc.runtime import kernels  # noqa: E402
-from vqinc.runtime.atomic import check_writable_dir, write_atomic  # noqa: E402
-from vqinc.runtime.model import Model, default_model_dir  # noqa: E402
-from vqinc.runtime.replay import initial_window  # noqa: E402
-from vqinc.runtime.sessions import BULK_ROWS  # noqa: E402
-from vqinc.runtime.stages import suffix_macs  # noqa: E402
-from vqinc.runtime.traces import Edit, read_trace_file  # noqa: E402
+from benchmarks.contenders import OrtFull, PrefixKV, TorchFull, TorchPrefixKV, decoder_for
+from vqinc.runtime.engine import kernels
+from vqinc.runtime.format.atomic import check_writable_dir, write_atomic
+from vqinc.runtime.format.stages import savings, suffix_macs, token_macs
+from vqinc.runtime.model_dir import Model, default_model_dir
+from vqinc.runtime.ort.sessions import BULK_ROWS
+from vqinc.runtime.replay.run import initial_window
+from vqinc.runtime.replay.traces import Edit, read_trace_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TRACE = REPO.parent / "shared" / "data" / "pep-revisions.jsonl.gz"
@@ -107,9 +106,6 @@ def workload(model: Model, trace_path: Path, n_tokens: int, num_docs: int, edits
         if local:
             out.append((tr.doc_id, start_text, local))
     return out
-
-
-# --- cost model -----------------------------------------------------------------------------------------
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -217,14 +213,13 @@ def run(args) -> dict:
         "decoder_providers": decoder.session.get_providers(),
         "ort_intra_op_threads": args.threads or os.cpu_count(), "torch": torch_meta,
         "fingerprint": model.manifest.fingerprint, "model_dir": str(model.root), "decoder_dir": decoder_dir,
-        "decoder_attention": decoder.model.manifest.info.get("decoder", {}).get("attention"),
+        "decoder_attention": decoder.model.manifest.provenance.decoder_attention,
         "git": _git(), "machine": platform.machine(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0], "argv": sys.argv, "quick": args.quick, "trace": str(args.trace),
         "loadavg_before": load_before, "tokenizer_timed_for_baselines": False, "kernels": kernels.kind(),
         "sessions": f"one thread below {BULK_ROWS} rows, {model.executor.threads} threads above (both engines)",
     }, "modes": {}}
-    g = model.manifest.graphs
-    one_token = model.num_layers * (g["embed_qkv"].macs_per_row + g["attend"].macs_per_row + g["final"].macs_per_row)
+    one_token = token_macs(model.spec)
     for mode in args.modes:
         keystroke = mode == "keystroke"
         per_doc = args.keystrokes if keystroke else args.edits
@@ -273,13 +268,13 @@ def summarize(rows: list[dict], one_token: int) -> dict:
             s.setdefault("disagreements", {})[c] = int(sum(d > AGREE_TOL for d in diffs))
     for key in ("vqinc_macs", "prefix_kv_macs", "full_macs", "tokenize_ms", "suffix", "changed_tokens"):
         s[key] = _stat([r[key] for r in rows])
-    s["macs_x_vs_full"] = _stat([r["full_macs"] / max(r["vqinc_macs"], 1) for r in rows])
-    s["macs_x_vs_prefix_kv"] = _stat([r["prefix_kv_macs"] / max(r["vqinc_macs"], 1) for r in rows])
+    s["macs_x_vs_full"] = _stat([savings(r["full_macs"], r["vqinc_macs"]) for r in rows])
+    s["macs_x_vs_prefix_kv"] = _stat([savings(r["prefix_kv_macs"], r["vqinc_macs"]) for r in rows])
     s["edit_amplification"] = _stat([r["vqinc_macs"] / one_token for r in rows])
     s["near_ties"] = int(sum(r["near_ties"] for r in rows))
     s["by_kind"] = {kind: {"edits": len(rs), "vqinc_ms": _stat([r["vqinc_ms"] for r in rs]),
                            "x_vs_prefix_kv": _stat([r["prefix_kv_ms"] / r["vqinc_ms"] for r in rs]),
-                           "macs_x_vs_full": _stat([r["full_macs"] / max(r["vqinc_macs"], 1) for r in rs])}
+                           "macs_x_vs_full": _stat([savings(r["full_macs"], r["vqinc_macs"]) for r in rs])}
                     for kind in ("insert", "delete", "replace") if (rs := [r for r in rows if r["kind"] == kind])}
     return s
 

@@ -3,23 +3,22 @@ hunks of real PEP histories at n = 1,024 on the bundled model of the tree ROOT (
 full.onnx in the same process; prints the median and p90 ms per edit, the per-edit ratio to full.onnx
 (median and p10) and the state size. Works with engine v1 (commit 03b1aa2) and v2.
 
-    python benchmarks/engine_ab.py . key [MODEL_DIR]           # this tree (default: the bundled model)
+    python -m benchmarks.engine_ab . key [MODEL_DIR]           # this tree (default: the bundled model)
     git worktree add /tmp/v1 03b1aa2 && mkdir -p /tmp/v1pkg/vqinc && touch /tmp/v1pkg/vqinc/__init__.py && \
       for d in runtime ops model export; do ln -s /tmp/v1/$d /tmp/v1pkg/vqinc/$d; done && \
       mkdir -p /tmp/shared && ln -s $PWD/../shared/data /tmp/shared/data && \
-      OPENBLAS_NUM_THREADS=1 PYTHONPATH=/tmp/v1pkg python benchmarks/engine_ab.py /tmp/v1 key   # engine v1
+      OPENBLAS_NUM_THREADS=1 PYTHONPATH=/tmp/v1pkg python -m benchmarks.engine_ab /tmp/v1 key   # engine v1
 """
 import sys
 import time
 
 import numpy as np
 
+from benchmarks.edits import DEFAULT_TRACE, workload
+from vqinc.runtime.model_dir import Model
+
 root, mode = sys.argv[1], sys.argv[2]
 model_dir = sys.argv[3] if len(sys.argv) > 3 else root + "/runtime/default_model"
-sys.path.insert(0, root + "/benchmarks")
-from edits import DEFAULT_TRACE, workload  # noqa: E402
-
-from vqinc.runtime.model import Model  # noqa: E402
 
 m = Model.load(model_dir)
 full = (lambda ids: m.sessions.full.run(ids=ids)) if hasattr(m, "sessions") else (lambda ids: m.run_full(ids))

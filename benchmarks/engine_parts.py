@@ -7,7 +7,7 @@
   cold         the first 10 keystrokes of a fresh process against keystrokes 50..110
   memory       a document's state against a float32 KV cache of the same document
 
-Usage: python benchmarks/engine_parts.py [--n 1024] [--out DIR]   (quiet machine; ~1 minute)
+Usage: python -m benchmarks.engine_parts [--n 1024] [--out DIR]   (quiet machine; ~1 minute)
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from edits import DEFAULT_TRACE, workload  # noqa: E402
-
-from vqinc.runtime.attention import KeyDelta, lazy_update  # noqa: E402
-from vqinc.runtime.model import Model, default_model_dir  # noqa: E402
+from benchmarks.edits import DEFAULT_TRACE, workload
+from vqinc.runtime.engine.attention import KeyDelta, lazy_update
+from vqinc.runtime.model_dir import Model, default_model_dir
 
 
 def _median_us(f, reps: int = 50) -> float:

@@ -8,7 +8,7 @@ To time an older commit: `git worktree add /tmp/old COMMIT`, build its kernels t
 (`python setup.py build_ext --inplace`, if it has them), make a folder `site/vqinc` of symlinks to its
 runtime/ model/ ops/ export/, and run this file with PYTHONPATH=that/site.
 
-    python benchmarks/engine_steps.py --n 1024 --reps 45
+    python -m benchmarks.engine_steps --n 1024 --reps 45
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vqinc.runtime import kernels
-from vqinc.runtime.model import Model
-from vqinc.runtime.traces import read_trace_file
+from vqinc.runtime.engine import kernels
+from vqinc.runtime.model_dir import Model
+from vqinc.runtime.replay.traces import read_trace_file
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "pep-revisions.jsonl.gz"
 

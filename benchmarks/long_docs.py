@@ -7,7 +7,7 @@ document; the baseline is the same edits on a plain Document of the first 4,000 
 With --check, every document is compared with a fresh build of its final text afterwards (chunk bounds,
 every chunk's codes identical, logits within 1e-4).
 
-Usage: python benchmarks/long_docs.py [--sizes 1000 10000 100000] [--edits 100] [--warmup 10] [--out DIR]
+Usage: python -m benchmarks.long_docs [--sizes 1000 10000 100000] [--edits 100] [--warmup 10] [--out DIR]
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import numpy as np
 import onnxruntime as ort
 
 from vqinc.runtime.chunked import ChunkedDocument
-from vqinc.runtime.model import Model, default_model_dir
+from vqinc.runtime.format.stages import savings
+from vqinc.runtime.model_dir import Model, default_model_dir
 
 DEFAULT_TRACE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pep-revisions.jsonl.gz"
 
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
         edits = [s.chunks_edited + s.chunks_built for s in hist]
         r.update(summary(ms), chunking_ms_median=statistics.median(s.chunking_ms for s in hist),
                  edits_touching_more_than_one_chunk=sum(e > 1 for e in edits),
-                 ops_saved_total=sum(s.full_macs for s in hist) / max(sum(s.macs for s in hist), 1))
+                 ops_saved_total=savings(sum(s.full_macs for s in hist), sum(s.macs for s in hist)))
         if a.check:
             r["max_dlogit_vs_fresh"] = check(model, doc)
         rows.append(r)

@@ -7,7 +7,7 @@ keystroke. Both paths replay the same rounds on their own copies of the document
 every document of the edit_many path is checked against its looped twin (codes identical, logits within
 1e-4).
 
-Usage: python benchmarks/many_docs.py [--docs 1 8 64] [--n 256] [--rounds 30] [--out DIR]
+Usage: python -m benchmarks.many_docs [--docs 1 8 64] [--n 256] [--rounds 30] [--out DIR]
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from edits import DEFAULT_TRACE, workload  # noqa: E402
-
-from vqinc.runtime.model import Model, default_model_dir  # noqa: E402
+from benchmarks.edits import DEFAULT_TRACE, workload
+from vqinc.runtime.model_dir import Model, default_model_dir
 
 
 def rounds_of(model: Model, n_tokens: int, num_docs: int, rounds: int, trace: Path):

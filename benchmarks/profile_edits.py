@@ -1,6 +1,6 @@
 """Where the time of an edit goes: cProfile over real PEP edits at one window length.
 
-Usage: python benchmarks/profile_edits.py [--model-dir DIR] [--n 1024] [--docs 2] [--edits 30] [--keystroke]
+Usage: python -m benchmarks.profile_edits [--model-dir DIR] [--n 1024] [--docs 2] [--edits 30] [--keystroke]
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from edits import DEFAULT_TRACE, workload  # noqa: E402
-
-from vqinc.runtime.model import Model, default_model_dir  # noqa: E402
+from benchmarks.edits import DEFAULT_TRACE, workload
+from vqinc.runtime.model_dir import Model, default_model_dir
 
 
 def main(argv=None) -> int:

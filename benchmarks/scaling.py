@@ -4,7 +4,7 @@ Runs benchmarks/edits.py's workload at each window length (keystrokes and atomic
 contender's growth exponent b in ms ~ n^b by least squares on log-log over n >= --fit-from (1,024 by
 default, where fixed per-call costs no longer dominate) and prints it.
 
-Usage: python benchmarks/scaling.py [--windows 256 512 1024 2048 4000] [--docs 2 --edits 15 --keystrokes 30]
+Usage: python -m benchmarks.scaling [--windows 256 512 1024 2048 4000] [--docs 2 --edits 15 --keystrokes 30]
 Writes scaling.json (all edits, the fits and the run's conditions), scaling.md and scaling.png to --out.
 """
 
@@ -14,10 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-from edits import BASELINES, LABELS, REPO, build_parser, run  # noqa: E402
+from benchmarks.edits import BASELINES, LABELS, REPO, build_parser, run
 
 CONTENDERS = ("vqinc", *BASELINES)
 

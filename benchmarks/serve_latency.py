@@ -14,8 +14,8 @@ protocol's overhead per keystroke). The issue's goal: median round trip <= media
 the round trip of each (its didChange sent -> its `vqinc/result` received: p50 / p99 / max), how many
 results said `coalesced`, and the check that the last result equals a fresh (chunked) document of the final text.
 
-    python benchmarks/serve_latency.py [--model-dir DIR] [--tokens 1024] [--edits 200] [--warmup 20] [--repeats 3]
-    python benchmarks/serve_latency.py --burst 180 [--burst-ms 100]
+    python -m benchmarks.serve_latency [--model-dir DIR] [--tokens 1024] [--edits 200] [--warmup 20] [--repeats 3]
+    python -m benchmarks.serve_latency --burst 180 [--burst-ms 100]
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def main() -> int:
     p.add_argument("--out", default=None, help="write the summary as JSON here")
     args = p.parse_args()
 
-    from vqinc.runtime.model import Model
+    from vqinc.runtime.model_dir import Model
 
     model = Model.load(args.model_dir, threads=args.threads)
     name, text = source_text(model, args.tokens)

@@ -2,7 +2,7 @@
 typed into the page by headless Chromium (Debian's chromium + chromium-driver, through Selenium), and a
 PNG of the result.
 
-    python benchmarks/serve_screenshot.py [--out benchmarks/results/serve/page.png]
+    python -m benchmarks.serve_screenshot [--out benchmarks/results/serve/page.png]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Reads `benchmarks/code_flips.py --trace ... --out X.json` results (one or more p
 model directory's manifest (training recipe and test metrics, copied from the checkpoint at export).
 Prints a markdown table (one row per model and workload) and writes the rows as JSON.
 
-Usage: python benchmarks/tradeoff.py RESULT.json [RESULT.json ...] [--out benchmarks/results/tradeoff.json]
+Usage: python -m benchmarks.tradeoff RESULT.json [RESULT.json ...] [--out benchmarks/results/tradeoff.json]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Accuracy of the bundled model on whole dev-split PEPs (ChunkedDocument, the README's result rule)
 next to the first-1,024-token window it was trained on (issue 20's "defined output").
 
-    python benchmarks/whole_docs_accuracy.py [--data ../shared/data/pep-types.jsonl.gz]
+    python -m benchmarks.whole_docs_accuracy [--data ../shared/data/pep-types.jsonl.gz]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from vqinc.model.data import accuracy, macro_f1
-from vqinc.runtime.model import Model
+from vqinc.runtime.model_dir import Model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pep-types.jsonl.gz"
 

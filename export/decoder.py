@@ -38,13 +38,13 @@ from onnxscript import FLOAT
 from onnxscript.values import Op, Opset
 from torch import nn
 
-from vqinc.export import stages
+from vqinc.export import stage_modules
 from vqinc.model.transformer import VQTransformer, attention_with_past
 from vqinc.ops.domain import ONNX_OPSET
 from vqinc.ops.torch_ops import attach_functions, custom_translation_table
-from vqinc.runtime.atomic import replacing_dir
-from vqinc.runtime.decoder import io_names
-from vqinc.runtime.manifest import MANIFEST, GraphSpec, file_sha256, load_manifest
+from vqinc.runtime.baseline.prefix_kv import io_names
+from vqinc.runtime.format.atomic import replacing_dir
+from vqinc.runtime.format.manifest import MANIFEST, GraphSpec, file_sha256, load_manifest
 
 DECODER_FILE = "decoder.onnx"
 ATTENTION_KINDS = ("gqa", "mha", "plain")
@@ -217,7 +217,7 @@ def _lower_attention(proto: onnx.ModelProto, kind: str, num_heads: int, num_kv_h
 
 @torch.no_grad()
 def export_decoder(model: VQTransformer, out_dir: str | Path, attention: str | None = None,
-                   external_data_bytes: int = stages.EXTERNAL_DATA_BYTES) -> GraphSpec:
+                   external_data_bytes: int = stage_modules.EXTERNAL_DATA_BYTES) -> GraphSpec:
     """Write `decoder.onnx` of `model` into `out_dir` (nothing else); return its GraphSpec."""
     model = model.eval()
     a = model.cfg.arch
@@ -243,7 +243,7 @@ def export_decoder(model: VQTransformer, out_dir: str | Path, attention: str | N
     got_in = [i.name for i in proto.graph.input]
     if got_in != inputs:
         raise RuntimeError(f"decoder export kept inputs {got_in}, expected {inputs}")
-    stages.save_graph(proto, Path(out_dir) / DECODER_FILE, external_data_bytes)
+    stage_modules.save_graph(proto, Path(out_dir) / DECODER_FILE, external_data_bytes)
     return spec
 
 

@@ -1,6 +1,6 @@
 """`vqinc export`: a trained VQ checkpoint -> a model directory (ARCHITECTURE.md).
 
-Writes one graph per entry of the stage table (`vqinc.runtime.stages.STAGES`), tokenizer.json and
+Writes one graph per entry of the stage table (`vqinc.runtime.format.stages.STAGES`), tokenizer.json and
 manifest.json (I/O names, multiply-accumulates, fingerprint, size and sha256 of every file).
 """
 
@@ -15,13 +15,12 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from vqinc.export import stages
+from vqinc.export import stage_modules
 from vqinc.export.attend import attend_graph, refine_graph
 from vqinc.model.checkpoint import load_checkpoint
 from vqinc.model.transformer import VQTransformer
-from vqinc.runtime.atomic import replacing_dir
-from vqinc.runtime.config import ModelSpec
-from vqinc.runtime.manifest import (
+from vqinc.runtime.format.atomic import replacing_dir
+from vqinc.runtime.format.manifest import (
     FORMAT_VERSION,
     MANIFEST,
     FileEntry,
@@ -31,7 +30,8 @@ from vqinc.runtime.manifest import (
     fingerprint,
     graph_files,
 )
-from vqinc.runtime.stages import STAGES, stage_macs
+from vqinc.runtime.format.spec import ModelSpec
+from vqinc.runtime.format.stages import STAGES, stage_macs
 
 
 def weights_sha256(model: VQTransformer) -> str:
@@ -56,15 +56,15 @@ def _jobs(model: VQTransformer, spec: ModelSpec, specs: dict[str, GraphSpec]) ->
     pos = torch.arange(n)
     x = torch.randn(n, spec.d_model)
     codes = torch.randint(0, spec.num_codes, (n, spec.num_heads))
-    jobs: list[tuple] = [("embed_qkv", None, stages.EmbedQKV(model), (ids, pos))]
+    jobs: list[tuple] = [("embed_qkv", None, stage_modules.EmbedQKV(model), (ids, pos))]
     for i in range(spec.num_layers - 1):
-        jobs.append(("post", i, stages.PostQKV(model, i), (x, codes, pos)))
-    jobs.append(("final", None, stages.Final(model), (x, codes)))
+        jobs.append(("post", i, stage_modules.PostQKV(model, i), (x, codes, pos)))
+    jobs.append(("final", None, stage_modules.Final(model), (x, codes)))
     if "qkv" in specs:
-        jobs += [("qkv", i, stages.QKV(model, i), (x, pos)) for i in range(spec.num_layers)]
-    jobs.append(("head", None, stages.Head(model), (x[:2],)))
+        jobs += [("qkv", i, stage_modules.QKV(model, i), (x, pos)) for i in range(spec.num_layers)]
+    jobs.append(("head", None, stage_modules.Head(model), (x[:2],)))
     if "full" in specs:
-        jobs.append(("full", None, stages.Full(model), (ids,)))
+        jobs.append(("full", None, stage_modules.Full(model), (ids,)))
     return jobs
 
 
@@ -78,7 +78,7 @@ def export_model(
     full_graph: bool = True,
     info: dict[str, Any] | None = None,
     show_progress: bool = True,
-    external_data_bytes: int = stages.EXTERNAL_DATA_BYTES,
+    external_data_bytes: int = stage_modules.EXTERNAL_DATA_BYTES,
 ) -> Manifest:
     """Export a checkpoint directory (or an in-memory (model, tokenizer)) to `out_dir`."""
     if isinstance(source, (str, Path)):
@@ -111,15 +111,16 @@ def _write_model(model: VQTransformer, tok: Tokenizer, spec: ModelSpec, model_cf
         bar.set_postfix_str(name if layer is None else f"{name}.{layer}")
         g = specs[name]
         dynamic = {n: 0 for n in g.inputs}
-        stages.export_graph(module, args, list(g.inputs), list(g.outputs), g.path(stage, layer), dynamic,
+        stage_modules.export_graph(module, args, list(g.inputs), list(g.outputs), g.path(stage, layer), dynamic,
                             external_data_bytes)
         bar.update()
     for i, block in enumerate(model.layers):
         proto = attend_graph(block.vq.codebook.detach().cpu().numpy(), spec.num_heads, spec.num_kv_heads,
                              spec.head_dim)
-        stages.save_graph(proto, specs["attend"].path(stage, i), external_data_bytes)
+        stage_modules.save_graph(proto, specs["attend"].path(stage, i), external_data_bytes)
         bar.update()
-    stages.save_graph(refine_graph(spec.num_heads, spec.num_kv_heads, spec.head_dim), specs["refine"].path(stage))
+    refine = refine_graph(spec.num_heads, spec.num_kv_heads, spec.head_dim)
+    stage_modules.save_graph(refine, specs["refine"].path(stage))
     bar.update()
     bar.close()
     tok.save(str(stage / "tokenizer.json"))

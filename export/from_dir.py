@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from vqinc.model.config import ModelConfig
 from vqinc.model.transformer import VQTransformer
-from vqinc.runtime.manifest import ModelDirError, load_manifest
+from vqinc.runtime.format.manifest import ModelDirError, load_manifest
 
 CHECK_TEXT = "The proposal adds a keyword to the grammar; existing code keeps working. An utterly charming film."
 
@@ -78,7 +78,7 @@ def _initializers_by_param(proto: onnx.ModelProto, names: list[str]) -> dict:
 def _check_against_full(model: VQTransformer, tok: Tokenizer, root: Path, man) -> None:
     import onnxruntime as ort
 
-    from vqinc.runtime.sessions import check_threads, session_options
+    from vqinc.runtime.ort.sessions import check_threads, session_options
 
     ids = np.asarray([man.spec.bos_token_id, *tok.encode(CHECK_TEXT, add_special_tokens=False).ids], np.int64)
     sess = ort.InferenceSession(str(root / man.full_graph.file), sess_options=session_options(check_threads(None)),

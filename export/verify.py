@@ -17,8 +17,8 @@ from tokenizers import Tokenizer
 
 from vqinc.model.checkpoint import load_checkpoint
 from vqinc.model.transformer import VQTransformer
-from vqinc.runtime.manifest import graph_files, load_manifest
-from vqinc.runtime.model import Model
+from vqinc.runtime.format.manifest import graph_files, load_manifest
+from vqinc.runtime.model_dir import Model
 
 LOGIT_TOL = 1e-4
 SAMPLE_TEXTS = (
@@ -138,11 +138,11 @@ def decoder_splits(n: int) -> list[int]:
 def verify_decoder(model_dir: str | Path, texts: tuple[str, ...] = SAMPLE_TEXTS) -> DecoderReport:
     """decoder.onnx against full.onnx: logits within 1e-4 and identical codes for the suffix it runs, on
     several prefix/suffix splits of each text and on a mid-document substitution (runtime only, no torch)."""
-    from vqinc.runtime.decoder import KVDecoder
+    from vqinc.runtime.baseline.prefix_kv import KVDecoder
 
     rt = Model.load(model_dir, threads=1)
     dec = KVDecoder(rt)
-    report = DecoderReport(str(rt.manifest.info.get("decoder", {}).get("attention", "?")))
+    report = DecoderReport(rt.manifest.provenance.decoder_attention or "?")
     for text in texts:
         ids = rt.encode_ids(text)
         f_logits, f_codes = rt.run_full(ids)

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from vqinc.model.config import ModelConfig
 from vqinc.model.transformer import VQTransformer
-from vqinc.runtime.atomic import replacing_dir
+from vqinc.runtime.format.atomic import replacing_dir
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 

@@ -1,19 +1,17 @@
 """Configuration dataclasses of a VQ transformer: architecture, VQ and the whole model.
 
-These are plain data (no torch) so the exporter and checkpoints can serialise them to JSON.
+These are plain data (no torch) so the exporter and checkpoints can serialise them to JSON. The choices
+and consistency rules are the runtime's (`vqinc.runtime.format.spec`): a config that trains is a config
+that loads, checked in one place.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-FAMILIES = ("llama", "opt")
-POSITION_MODES = ("none", "rope", "learned")
-POOLINGS = ("mean", "last")
+from vqinc.runtime.format.spec import FAMILIES, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -36,13 +34,9 @@ class ArchConfig:
     bos_token_id: int = 0
     """Token every document starts with: no graph ever runs on zero rows."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # the rest is checked with the whole model (ModelConfig)
         if self.family not in FAMILIES:
             raise ValueError(f"family {self.family!r} not supported; choose one of {FAMILIES}")
-        if self.d_model % self.num_heads:
-            raise ValueError(f"d_model {self.d_model} is not a multiple of num_heads {self.num_heads}")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
 
     @property
     def head_dim(self) -> int:
@@ -86,16 +80,11 @@ class ModelConfig:
     labels: tuple[str, ...] = ("negative", "positive")
 
     def __post_init__(self) -> None:
-        if self.positions not in POSITION_MODES:
-            raise ValueError(f"positions {self.positions!r} not in {POSITION_MODES}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling {self.pooling!r} not in {POOLINGS}")
-        if self.positions == "learned" and self.arch.family != "opt":
-            raise ValueError("positions 'learned' needs a learned position table: only family 'opt' has one")
-        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"labels must be >= 2 distinct names, got {list(self.labels)}")
-        if self.vq.residual and self.arch.d_model % self.vq.residual_heads:
-            raise ValueError(f"d_model {self.arch.d_model} not a multiple of residual_heads {self.vq.residual_heads}")
+        self.spec()  # the runtime's checks (ConfigError, a ValueError, names the field and the rule)
+
+    def spec(self) -> ModelSpec:
+        """What the runtime will read from the exported manifest (validated)."""
+        return ModelSpec.from_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,7 +102,3 @@ class ModelConfig:
         except (KeyError, TypeError) as e:
             raise ValueError(f"invalid model config: {e}") from e
 
-    def fingerprint(self) -> str:
-        """Hash of everything that changes the graphs (weights are hashed separately by the exporter)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]

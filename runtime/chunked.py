@@ -31,14 +31,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vqinc.runtime import document as _document
-from vqinc.runtime.chunking import ChunkConfig, chunk_bounds, rechunk
-from vqinc.runtime.document import HISTORY, Document, check_int, check_text
-from vqinc.runtime.engine import EditStats
-from vqinc.runtime.stages import full_macs, stage_macs
-from vqinc.runtime.tokens import TokenizedText, diff_texts, retokenize
+from vqinc.runtime.document import HISTORY, Document, DocumentOutputs, check_int, check_text
+from vqinc.runtime.engine.propagate import EditStats
+from vqinc.runtime.format.stages import full_macs, stage_macs
+from vqinc.runtime.model_dir import softmax
+from vqinc.runtime.text.chunking import ChunkConfig, chunk_bounds, rechunk
+from vqinc.runtime.text.tokens import TokenizedText, diff_texts, retokenize
 
 if TYPE_CHECKING:
-    from vqinc.runtime.model import Model
+    from vqinc.runtime.model_dir import Model
 
 
 @dataclass
@@ -65,7 +66,7 @@ class ChunkResult:
 
     @property
     def probs(self) -> np.ndarray:
-        return _softmax(self.logits)
+        return softmax(self.logits)
 
 
 @dataclass
@@ -86,16 +87,16 @@ class _Plan:
     ms: float = 0.0
 
 
-class ChunkedDocument:
+class ChunkedDocument(DocumentOutputs):
     """A document of any length (up to `ChunkConfig.max_doc_chars`). Create with
     `model.document(text, chunked=True)` (or `model.document(text)` for a text longer than the window)."""
 
     def __init__(self, model: Model, text: str = "", config: ChunkConfig | None = None):
         self.model = model
-        self.config = config if config is not None else ChunkConfig.for_window(model.max_positions - 1)
-        if self.config.max_tokens > model.max_positions - 1:
+        self.config = config if config is not None else ChunkConfig.for_window(model.max_tokens)
+        if self.config.max_tokens > model.max_tokens:
             raise ValueError(f"ChunkConfig.max_tokens is {self.config.max_tokens}; this model takes at most "
-                             f"{model.max_positions - 1} tokens per chunk")
+                             f"{model.max_tokens} tokens per chunk")
         self.history: deque[EditStats] = deque(maxlen=HISTORY)
         self._lock = threading.RLock()
         self._text, self._bounds, self._docs, self._toks = "", [0, 0], [], []
@@ -117,20 +118,6 @@ class ChunkedDocument:
     def logits(self) -> np.ndarray:
         with self._lock:
             return self._logits.copy()
-
-    @property
-    def probs(self) -> np.ndarray:
-        return _softmax(self.logits)
-
-    @property
-    def label(self) -> str:
-        return self.model.labels[int(np.argmax(self.logits))]
-
-    @property
-    def stats(self) -> EditStats:
-        """What the latest edit (or the initial build) cost."""
-        with self._lock:
-            return self.history[-1]
 
     @property
     def num_tokens(self) -> int:
@@ -418,8 +405,3 @@ def _nothing(doc: ChunkedDocument) -> ChunkEditStats:
     return ChunkEditStats(0, 0, doc.num_tokens, rows, full_macs=sum(full_macs(spec, len(t) + 1) for t in doc._toks),
                           num_chunks=len(doc._docs))
 
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, np.float64)
-    ex = np.exp(z - z.max())
-    return ex / ex.sum()

@@ -8,8 +8,9 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
+
+from vqinc.runtime.format.stages import savings
 
 EXPORT_HINT = "pip install 'vqinc[export]' (or: pip install torch==2.13.0 transformers onnx onnxscript safetensors)"
 
@@ -25,7 +26,7 @@ def _check_args(a: argparse.Namespace) -> None:
     """Flags the parser cannot range-check, before anything loads: ValueError names the flag and the rule."""
     threads = getattr(a, "threads", None)
     if threads is not None:
-        from vqinc.runtime.sessions import MAX_THREADS
+        from vqinc.runtime.ort.sessions import MAX_THREADS
 
         if not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"--threads must be in 1..{MAX_THREADS} (ONNX Runtime's pool size), got {threads}")
@@ -35,7 +36,7 @@ def _check_args(a: argparse.Namespace) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= {low}, got {v}")
 
 
-def _need_export_extra(what: str) -> None:
+def _need_export_extra() -> None:
     """Check (without importing anything) that the export extra is installed; name the fix if not."""
     import importlib.util
 
@@ -59,7 +60,7 @@ def _dataclass_args(p: argparse.ArgumentParser, cls) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    _need_export_extra("train")
+    _need_export_extra()
     from vqinc.model.train import TrainConfig, train
 
     p = _Parser(prog="vqinc train", description=TrainConfig.__doc__)
@@ -76,7 +77,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def _check_export_paths(checkpoint: str, out_dir: str) -> None:
     """Before torch loads: the source exists, the output can be a model directory written beside itself."""
-    from vqinc.runtime.atomic import check_writable_dir
+    from vqinc.runtime.format.atomic import check_writable_dir
 
     src, out = Path(checkpoint), Path(out_dir)
     if not src.exists():
@@ -93,58 +94,22 @@ def _check_export_paths(checkpoint: str, out_dir: str) -> None:
 
 def cmd_export(a: argparse.Namespace) -> int:
     _check_export_paths(a.checkpoint, a.out_dir)
-    _need_export_extra("export")
-    from vqinc.export.from_dir import is_model_dir
+    _need_export_extra()
+    from vqinc.export.command import export_command
 
-    t = time.perf_counter()
-    if is_model_dir(a.checkpoint):  # a model directory gains its decoder graph (weights read from full.onnx)
-        from vqinc.export.decoder import add_decoder
-        from vqinc.export.from_dir import model_from_dir
-
-        if Path(a.checkpoint).resolve() != Path(a.out_dir).resolve() or a.decoder is None:
-            raise ValueError(f"{a.checkpoint} is a model directory: it can only gain a decoder graph, in place: "
-                             f"vqinc export {a.checkpoint} {a.checkpoint} --decoder")
-        model, tok = model_from_dir(a.checkpoint)
-        add_decoder(model, a.out_dir, None if a.decoder == "auto" else a.decoder)
-        print(f"added decoder.onnx to {a.out_dir} in {time.perf_counter() - t:.1f} s")
-        source = (model, tok)
-    else:
-        from vqinc.export.exporter import export_model
-
-        man = export_model(a.checkpoint, a.out_dir, full_graph=not a.no_full)
-        print(f"exported {man.spec.num_layers} layers to {a.out_dir} in {time.perf_counter() - t:.1f} s "
-              f"(fingerprint {man.fingerprint})")
-        source = a.checkpoint
-        if a.decoder is not None:
-            from vqinc.export.decoder import add_decoder
-            from vqinc.model.checkpoint import load_checkpoint
-
-            add_decoder(load_checkpoint(a.checkpoint)[0], a.out_dir, None if a.decoder == "auto" else a.decoder)
-            print(f"added decoder.onnx ({time.perf_counter() - t:.1f} s in all)")
-    ok = True
-    if a.verify:
-        from vqinc.export.verify import verify, verify_decoder
-
-        report = verify(source, a.out_dir)
-        print(report.table())
-        ok = report.ok
-        if a.decoder is not None:
-            dec = verify_decoder(a.out_dir)
-            print(dec.table())
-            ok = ok and dec.ok
-    return 0 if ok else 1
+    return export_command(a.checkpoint, a.out_dir, decoder=a.decoder, full_graph=not a.no_full, verify=a.verify)
 
 
 def cmd_info(a: argparse.Namespace) -> int:
     from vqinc.runtime.info import describe
-    from vqinc.runtime.model import default_model_dir
+    from vqinc.runtime.model_dir import default_model_dir
 
     print(describe(a.model_dir or default_model_dir()))
     return 0
 
 
 def _load(model_dir: str | None, threads: int | None, providers: list[str] | None = None):
-    from vqinc.runtime.model import Model
+    from vqinc.runtime.model_dir import Model
 
     return Model.load(model_dir, threads=threads, providers=providers)
 
@@ -177,7 +142,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def _print_revision(r) -> None:
-    cost = (f"{r.ms / r.num_edits:7.2f} ms/edit  ops saved {r.full_macs / max(r.macs, 1):6.1f}x"
+    cost = (f"{r.ms / r.num_edits:7.2f} ms/edit  ops saved {savings(r.full_macs, r.macs):6.1f}x"
             if r.num_edits else "no edit")
     print(f"{r.doc_id[:24]:<24} rev {r.revision[:10]:<10} {r.num_edits:4d} edits  {r.num_tokens:5d} tok  "
           f"{r.label:<16} p={r.prob:.3f}  {cost}")
@@ -185,7 +150,7 @@ def _print_revision(r) -> None:
 
 def _replay(model, traces, a) -> int:
     from vqinc.runtime.progress import progress
-    from vqinc.runtime.replay import ReplaySummary, replay_trace
+    from vqinc.runtime.replay.run import ReplaySummary, replay_trace
 
     summary = ReplaySummary()
     for trace in progress(traces, desc="replay", enabled=not a.live):
@@ -197,7 +162,7 @@ def _replay(model, traces, a) -> int:
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
-    from vqinc.runtime.traces import git_file_history, read_trace_file
+    from vqinc.runtime.replay.traces import git_file_history, read_trace_file
 
     if (a.trace is None) == (a.git is None):
         raise ValueError("give exactly one of --trace TRACE.jsonl[.gz] or --git PATH")
@@ -218,7 +183,7 @@ def bundled_histories() -> Path:
 def _true_labels(path: Path, limit: int | None = None) -> dict[str, str]:
     """doc_id -> `label` of the first `limit` trace records that carry one (the bundled histories do);
     reads no further than `read_trace_file(path, limit)` did."""
-    from vqinc.runtime.traces import trace_lines
+    from vqinc.runtime.replay.traces import trace_lines
 
     out: dict[str, str] = {}
     count = 0
@@ -238,10 +203,10 @@ def _true_labels(path: Path, limit: int | None = None) -> dict[str, str]:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from vqinc.runtime.info import info_field
-    from vqinc.runtime.model import default_model_dir
-    from vqinc.runtime.replay import ReplaySummary, replay_trace
-    from vqinc.runtime.traces import git_file_history, read_trace_file
+    from vqinc.runtime.info import describe_scores
+    from vqinc.runtime.model_dir import default_model_dir
+    from vqinc.runtime.replay.run import ReplaySummary, replay_trace
+    from vqinc.runtime.replay.traces import git_file_history, read_trace_file
 
     root = Path(a.model_dir) if a.model_dir else default_model_dir()
     if not (root / "manifest.json").exists():
@@ -257,11 +222,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
         traces = list(read_trace_file(path, limit=a.limit))
         labels = _true_labels(path, a.limit)
     model = _load(str(root), a.threads, a.providers)
-    info = model.manifest.info
+    prov = model.manifest.provenance
     print(f"model {root.name}: {model.num_layers} layers, d={model.d_model}, labels {list(model.labels)}; "
-          f"test accuracy {info_field(info, 'student', 'accuracy')}, "
-          f"macro-F1 {info_field(info, 'student', 'macro_f1')} "
-          f"({info_field(info, 'dataset')})")
+          f"test {describe_scores(prov.student)} ({prov.dataset or '?'})")
     summary = ReplaySummary()
     for trace in traces:
         truth = f", true label: {labels[trace.doc_id]}" if trace.doc_id in labels else ""
@@ -291,7 +254,7 @@ def _print_document_summary(summary, e0: int, r0: int) -> None:
         return
     changes = sum(r.label_changed for r in revs)
     ms = statistics.median(e.wall_ms for e in edits) if edits else 0.0
-    saved = sum(e.full_macs for e in edits) / max(sum(e.macs for e in edits), 1)
+    saved = savings(sum(e.full_macs for e in edits), sum(e.macs for e in edits))
     last = revs[-1]
     print(f"  {len(revs)} revisions, {len(edits)} edits, {changes} label changes; final label {last.label} "
           f"(p={last.prob:.3f}), {last.num_tokens} tokens in {last.num_chunks} chunks; median {ms:.2f} ms per edit, "
@@ -300,10 +263,12 @@ def _print_document_summary(summary, e0: int, r0: int) -> None:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from vqinc.runtime.serve.app import ServeOptions, ServeSetupError, serve
+    from vqinc.runtime.serve.manager import ServeLimits
 
-    opts = ServeOptions(model_dir=a.model_dir, http=a.http, host=a.host, stdio=a.stdio,
-                        max_documents=a.max_documents, max_documents_per_client=a.max_documents_per_client,
-                        memory_mb=a.memory_mb, max_chars=a.max_chars, threads=a.threads)
+    limits = ServeLimits(max_documents=a.max_documents, max_documents_per_client=a.max_documents_per_client,
+                         memory_mb=a.memory_mb, max_chars=a.max_chars)
+    opts = ServeOptions(model_dir=a.model_dir, http=a.http, host=a.host, stdio=a.stdio, limits=limits,
+                        threads=a.threads)
     try:
         return serve(opts)
     except ServeSetupError as e:
@@ -313,17 +278,20 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    import runpy
+    """`python -m benchmarks.edits` of the source checkout, in a child process (its exit code is ours)."""
+    import os
+    import subprocess
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "edits.py"
-    if not script.exists():
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "benchmarks" / "edits.py").exists():
         raise SetupError("runs from a source checkout (benchmarks/edits.py not found)")
-    sys.argv = [str(script), *a.args]
-    runpy.run_path(str(script), run_name="__main__")
-    return 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(checkout), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "benchmarks.edits", *a.args], env=env).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vqinc.runtime.serve.manager import ServeLimits  # numpy only; the serve extra is imported by `serve`
+
     p = _Parser(prog="vqinc", description="Incremental VQ transformer inference on edited text")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -387,12 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="serve the live page and the WebSocket protocol on PORT (0: a free port) instead of LSP")
     sv.add_argument("--host", default="127.0.0.1", help="address for --http (default 127.0.0.1: this machine only)")
     sv.add_argument("--stdio", action="store_true", help="with --http: serve LSP on stdio as well")
-    sv.add_argument("--max-documents", type=int, default=128, help="open documents at most (all clients)")
-    sv.add_argument("--max-documents-per-client", type=int, default=16,
+    limits = ServeLimits()  # the flags' defaults are the server's
+    sv.add_argument("--max-documents", type=int, default=limits.max_documents,
+                    help="open documents at most (all clients)")
+    sv.add_argument("--max-documents-per-client", type=int, default=limits.max_documents_per_client,
                     help="open documents of one connection at most")
-    sv.add_argument("--memory-mb", type=int, default=2048,
+    sv.add_argument("--memory-mb", type=int, default=limits.memory_mb,
                     help="memory budget of the open documents: admits only as many as fit at their worst case")
-    sv.add_argument("--max-chars", type=int, default=200_000, help="characters per document at most")
+    sv.add_argument("--max-chars", type=int, default=limits.max_chars, help="characters per document at most")
     sv.set_defaults(fn=cmd_serve)
 
     b = sub.add_parser("bench", help="cross-framework benchmarks (benchmarks/edits.py; args passed through)")

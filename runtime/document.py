@@ -15,17 +15,19 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vqinc.runtime.engine import EditStats
+from vqinc.runtime.engine.propagate import EditStats
+from vqinc.runtime.engine.state import DocState
+from vqinc.runtime.model_dir import softmax
 from vqinc.runtime.plain import plain_fields
-from vqinc.runtime.state import DocState
-from vqinc.runtime.tokens import TokenizedText, diff_texts, retokenize
+from vqinc.runtime.text.splice import id_splice
+from vqinc.runtime.text.tokens import TokenizedText, diff_texts, retokenize
 
 if TYPE_CHECKING:
-    from vqinc.runtime.model import Model
+    from vqinc.runtime.model_dir import Model
 
 HISTORY = 256
 """`Document.history` keeps the stats of this many latest edits."""
@@ -85,7 +87,29 @@ class _Prepared:
         return self.n_delete == 0 and not self.ids
 
 
-class Document:
+class DocumentOutputs:
+    """What `Document` and `ChunkedDocument` derive the same way from their `logits` and `history`."""
+
+    model: Model
+    history: Any
+    _lock: Any
+
+    @property
+    def probs(self) -> np.ndarray:
+        return softmax(self.logits)
+
+    @property
+    def label(self) -> str:
+        return self.model.label_of(self.logits)
+
+    @property
+    def stats(self) -> EditStats:
+        """What the latest edit (or the initial build) cost."""
+        with self._lock:
+            return self.history[-1]
+
+
+class Document(DocumentOutputs):
     """Incrementally classified text. Create with `model.document(text)`."""
 
     def __init__(self, model: Model, text: str = "", _ids: list[int] | None = None):
@@ -117,22 +141,6 @@ class Document:
     def logits(self) -> np.ndarray:
         with self._lock:
             return self._live().logits.copy()
-
-    @property
-    def probs(self) -> np.ndarray:
-        z = self.logits.astype(np.float64)
-        e = np.exp(z - z.max())
-        return e / e.sum()
-
-    @property
-    def label(self) -> str:
-        return self.model.labels[int(np.argmax(self.logits))]
-
-    @property
-    def stats(self) -> EditStats:
-        """What the latest edit (or the initial build) cost."""
-        with self._lock:
-            return self.history[-1]
 
     @property
     def codes(self) -> np.ndarray:
@@ -208,15 +216,15 @@ class Document:
             prepared = _Prepared(te.pos, te.n_delete, te.ids, new_tok, len(new_tok.ids))
         else:  # the tokens are not the text's canonical tokenisation: one splice to the canonical one
             new_tok = TokenizedText.build(self.model.tokenizer, current[:start] + text + current[end:])
-            p, e, piece = _splice(self._state.ids[1:].tolist(), [int(i) for i in new_tok.ids])
-            prepared = _Prepared(p, e - p, piece, new_tok, len(new_tok.ids))
+            p, e, piece = id_splice(self._state.ids[1:], new_tok.ids)
+            prepared = _Prepared(p, e - p, piece.tolist(), new_tok, len(new_tok.ids))
         self._check_length(prepared.length)
         return prepared
 
     def _check_length(self, n: int) -> None:
         if n + 1 > self.model.max_positions:
             raise ValueError(f"the document would be {n} tokens; this model takes at most "
-                             f"{self.model.max_positions - 1} (model.document(text, chunked=True) takes any length)")
+                             f"{self.model.max_tokens} (model.document(text, chunked=True) takes any length)")
 
     def _build(self, ids: list[int]) -> DocState:
         m = self.model
@@ -299,12 +307,3 @@ def edit_many(model: Model, edits: Sequence[tuple[Document, int, int, str]]) -> 
             lock.release()
 
 
-def _splice(old: list[int], new: list[int]) -> tuple[int, int, list[int]]:
-    """Minimal single splice turning old into new: (start, end in old, replacement)."""
-    p = 0
-    while p < min(len(old), len(new)) and old[p] == new[p]:
-        p += 1
-    s = 0
-    while s < min(len(old), len(new)) - p and old[-1 - s] == new[-1 - s]:
-        s += 1
-    return p, len(old) - s, new[p:len(new) - s]

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from vqinc.runtime.manifest import ModelDirError, graph_files, load_manifest
-from vqinc.runtime.providers import describe_providers
-from vqinc.runtime.stages import STAGES
+from vqinc.runtime.format.manifest import ModelDirError, Scores, graph_files, load_manifest
+from vqinc.runtime.format.stages import STAGES, token_macs
+from vqinc.runtime.ort.providers import describe_providers
 
 
 def describe(model_dir: str | Path) -> str:
     root = Path(model_dir)
     m = load_manifest(root)
     s, g = m.spec, m.graphs
-    per_token = (g["embed_qkv"].macs_per_row + g["attend"].macs_per_row + g["final"].macs_per_row) * s.num_layers
+    per_token = token_macs(s)
     ops: Counter[str] = Counter()
     try:
         import onnx  # optional here: the runtime itself needs only onnxruntime
@@ -42,26 +42,23 @@ def describe(model_dir: str | Path) -> str:
         "visible key (attention)",
         f"graphs            {len(graph_files(m))} files, {size / 1e6:.1f} MB (sha256 checked); per layer: "
         f"{', '.join(per_layer)}" + ("; monolithic full.onnx" if m.full_graph else "")
-        + (f"; past-KV {m.decoder_graph.file} ({info_field(m.info, 'decoder', 'attention')} attention)"
+        + (f"; past-KV {m.decoder_graph.file} ({m.provenance.decoder_attention or '?'} attention)"
            if m.decoder_graph else ""),
         f"custom ops        {', '.join(f'{k} x{v}' for k, v in sorted(ops.items())) or '(pip install onnx to list)'}",
         f"providers         {describe_providers()}",
     ]
-    for key in ("teacher", "student"):
-        if isinstance(m.info.get(key), dict):
-            lines.append(f"{key + ' (test)':<17} accuracy {_number(m.info[key].get('accuracy'))}, "
-                         f"macro-F1 {_number(m.info[key].get('macro_f1'))} on {info_field(m.info, 'dataset')}")
+    prov = m.provenance
+    for key, scores in (("teacher", prov.teacher), ("student", prov.student)):
+        if scores is not None:
+            lines.append(f"{key + ' (test)':<17} {describe_scores(scores)} on {prov.dataset or '?'}")
     return "\n".join(lines)
 
 
-def info_field(info: dict, *keys: str) -> str:
-    """`info[k0][k1]...` as display text, '?' where a level is missing or of the wrong type (`info` is
-    free-form provenance: a hand-edited manifest must not break `vqinc info`)."""
-    v: object = info
-    for k in keys:
-        v = v.get(k) if isinstance(v, dict) else None
-    return "?" if v is None or isinstance(v, (dict, list)) else str(v)[:200]
+def describe_scores(scores: Scores | None) -> str:
+    """'accuracy 0.8000, macro-F1 0.6360', 'n/a' for a score that is missing or not a number."""
+    s = scores or Scores()
+    return f"accuracy {_number(s.accuracy)}, macro-F1 {_number(s.macro_f1)}"
 
 
-def _number(v: object) -> str:
-    return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"
+def _number(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

@@ -136,7 +136,7 @@ def test_providers() -> list[str] | None:
 @pytest.fixture(scope="session")
 def loaded(exported, test_providers):
     """Runtime `Model`s of every tiny config (on $VQINC_TEST_PROVIDER when it is set)."""
-    from vqinc.runtime.model import Model
+    from vqinc.runtime.model_dir import Model
 
     return {name: Model.load(e.model_dir, threads=1, providers=test_providers) for name, e in exported.items()}
 

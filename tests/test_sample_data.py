@@ -9,7 +9,7 @@ import json
 
 from tests_support import PEP_REVISIONS, PEP_TYPES, TEST_DATA
 
-from vqinc.runtime.traces import read_trace_file
+from vqinc.runtime.replay.traces import read_trace_file
 
 _spec = importlib.util.spec_from_file_location("make_sample", TEST_DATA / "make_sample.py")
 make_sample = importlib.util.module_from_spec(_spec)

@@ -63,6 +63,12 @@ def assert_same_as_full(model, doc, ids: list[int] | None = None) -> None:
     np.testing.assert_allclose(doc.logits, logits, atol=1e-4, rtol=0)
 
 
+def full_onnx_logits(model, text: str) -> np.ndarray | None:
+    """full.onnx's logits of `text` (the oracle outside the engine), or None where it exceeds the window."""
+    ids = model.tokenizer.encode(text, add_special_tokens=False).ids
+    return _run_full(model, ids)[0] if len(ids) < model.max_positions else None
+
+
 def _run_full(model, ids) -> tuple[np.ndarray, np.ndarray]:
     logits, codes = _full_session(model).run(["logits", "codes"],
                                              {"ids": np.asarray([model.bos_token_id, *ids], np.int64)})
@@ -99,7 +105,7 @@ def edit_checking_every_step(model, text: str, edits) -> None:
 def kernel_path(path: str):
     """Run the engine's kernels (lazy update, margins) in C ("native") or numpy ("numpy") inside the block.
     "native" skips where the kernels were not built, unless VQINC_REQUIRE_KERNELS=1 (make test) says they must be."""
-    from vqinc.runtime import kernels
+    from vqinc.runtime.engine import kernels
 
     if path == "native" and kernels.NATIVE is None:
         if os.environ.get("VQINC_REQUIRE_KERNELS") == "1":

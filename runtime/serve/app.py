@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from vqinc.runtime.serve.manager import ServeLimits
 
 SERVE_HINT = "pip install 'vqinc[serve]' (or: pip install pygls websockets)"
 
@@ -29,10 +31,7 @@ class ServeOptions:
     http: int | None = None
     host: str = "127.0.0.1"
     stdio: bool = False
-    max_documents: int = 128
-    max_documents_per_client: int = 16
-    memory_mb: int = 2048
-    max_chars: int = 200_000
+    limits: ServeLimits = field(default_factory=ServeLimits)
     threads: int | None = None
 
 
@@ -49,13 +48,13 @@ def serve(opts: ServeOptions) -> int:
     lsp = opts.http is None or opts.stdio
     check_extra(opts.http is not None, lsp)
     for name in ("max_documents", "max_documents_per_client", "memory_mb", "max_chars"):
-        if getattr(opts, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
+        if getattr(opts.limits, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts.limits, name)}")
     if opts.http is not None and not 0 <= opts.http <= 65535:
         raise ValueError(f"--http port must be in 0..65535, got {opts.http}")
 
-    from vqinc.runtime.model import Model
-    from vqinc.runtime.serve.manager import DocumentManager, ServeLimits
+    from vqinc.runtime.model_dir import Model
+    from vqinc.runtime.serve.manager import DocumentManager
 
     real_stdout = sys.stdout
     if lsp:
@@ -65,10 +64,7 @@ def serve(opts: ServeOptions) -> int:
         print("vqinc serve: stdin is closed (at end of file): nothing to serve over LSP", file=sys.stderr)
         return 0
     # One front-end runs the model on its own event loop; two share a worker thread.
-    limits = ServeLimits(max_documents=opts.max_documents, max_documents_per_client=opts.max_documents_per_client,
-                         memory_mb=opts.memory_mb, max_chars=opts.max_chars)
-    manager = DocumentManager(model, limits,
-                              threaded=opts.http is not None and lsp)
+    manager = DocumentManager(model, opts.limits, threaded=opts.http is not None and lsp)
     try:
         if opts.http is None:
             _run_lsp(manager, real_stdout)
@@ -107,7 +103,7 @@ def _run_lsp(manager, stdout) -> None:
 async def _web_main(manager, model, opts: ServeOptions, ready) -> None:
     from vqinc.runtime.serve.web import WebFrontend, serve_web
 
-    front = WebFrontend(manager, model_name=model.root.name, max_tokens=model.max_positions - 1)
+    front = WebFrontend(manager, model_name=model.root.name, max_tokens=model.max_tokens)
 
     def announce(port: int) -> None:
         host = f"[{opts.host}]" if ":" in opts.host else opts.host

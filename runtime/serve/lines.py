@@ -131,12 +131,6 @@ class LineIndex:
         bi, first = self._line_tree.find(line_idx)
         return self._blocks[bi][line_idx - first]
 
-    def line_start(self, line_idx: int) -> int:
-        """Character offset where line `line_idx` starts."""
-        bi, first = self._line_tree.find(line_idx)
-        b = self._blocks[bi]
-        return self._char_tree.prefix(bi) + sum(len(b[i]) for i in range(line_idx - first))
-
     def offset(self, line_idx: int, character: int, encoding: str = "utf-16") -> int:
         """Code-point offset of an LSP position (clamped as the spec says)."""
         if line_idx < 0 or character < 0:

@@ -37,7 +37,7 @@ from pygls.protocol.language_server import lsp_method
 
 from vqinc.runtime.serve.lines import LineIndex
 from vqinc.runtime.serve.manager import DocumentManager, Drainer, Result, ServeError, call_in_loop, worst_json_bytes
-from vqinc.runtime.tokens import diff_texts
+from vqinc.runtime.text.tokens import diff_texts
 
 log = logging.getLogger("vqinc.serve.lsp")
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vqinc.runtime.format.stages import savings
+
 
 @dataclass(frozen=True)
 class ServeLimits:
@@ -61,7 +63,7 @@ def worst_document_bytes(model, max_chars: int) -> int:
     """Upper bound on one open document's memory: its state arrays at the largest capacity a document
     of the model's full window can reach (the window's slots twice, during an edit that replaces them
     all, plus a quarter of growth), its text and its tokens' Python objects."""
-    from vqinc.runtime.state import DocState
+    from vqinc.runtime.engine.state import DocState
 
     small, big = (DocState.empty(model.spec, cap=c).nbytes() for c in (64, 128))
     per_slot = (big - small) / 64
@@ -113,7 +115,7 @@ class Result:
 
     @property
     def savings(self) -> float:
-        return self.full_macs / max(self.macs, 1)
+        return savings(self.full_macs, self.macs)
 
     def to_json(self, labels: tuple[str, ...]) -> dict:
         out = {"label": self.label, "probs": dict(zip(labels, self.probs, strict=True)) if self.probs else None,
@@ -470,12 +472,7 @@ class DocumentManager:
         length = len(rec.client_text) if rec.client_text is not None else len(rec.doc.text) if rec.doc else 0
         res = Result(rec.key, job.tag, num_chars=length, code=ServeError.code,
                      error=edit_error(length, job.start, job.end) or "the document is not open")
-        res.coalesced = 1 + len(job.merged)
-        now = time.perf_counter()
-        res.server_ms = (now - job.t_submit) * 1e3
-        job.future.set_result(res)
-        for j in job.merged:  # in the order they arrived, after the lead
-            j.future.set_result(dataclasses.replace(res, tag=j.tag, server_ms=(now - j.t_submit) * 1e3))
+        _answer(job, res)
 
     def _run_batch(self, batch: list[_Job]) -> None:
         fast = [j for j in batch if j.kind == "edit" and j.rec.doc is not None and j.rec.client_text is None]
@@ -483,7 +480,7 @@ class DocumentManager:
         for job in batch:
             if id(job) not in fast_ids:
                 self._run_one(job)
-        if len(fast) > 1 and hasattr(self.model, "edit_many"):
+        if len(fast) > 1:
             self._edit_many(fast)
         else:
             for job in fast:
@@ -542,15 +539,11 @@ class DocumentManager:
         try:
             all_stats = self.model.edit_many([(j.rec.doc, j.start, j.end, j.text) for j in jobs])
         except Exception:
-            # Some edit was refused: find out which documents changed, redo the others one by one so
-            # each gets its own answer.
-            ms = (time.perf_counter() - t0) * 1e3
+            # Some edit was refused, and `edit_many` changed no document (its contract): redo them one
+            # by one, so that each gets its own answer or error.
             for j, before in zip(jobs, befores, strict=True):
-                after = before[: j.start] + j.text + before[j.end:]
-                if j.rec.doc.text == after and j.rec.doc.text != before:
-                    self._finish(j, j.rec.doc.stats, ms, batch=len(jobs))
-                else:
-                    self._edit_one(j)
+                assert j.rec.doc.text == before, "edit_many changed a document it then refused"
+                self._edit_one(j)
             return
         ms = (time.perf_counter() - t0) * 1e3
         for j, stats in zip(jobs, all_stats, strict=True):
@@ -568,10 +561,15 @@ class DocumentManager:
             res.num_tokens, res.engine_ms = stats.num_tokens, stats.wall_ms  # BOS not counted
             res.macs, res.full_macs = stats.macs, stats.full_macs
             rec.last_stats = stats
-            rec.history.append((ms, stats.full_macs / max(stats.macs, 1)))
-        res.coalesced = 1 + len(job.merged)
-        now = time.perf_counter()
-        res.server_ms = (now - job.t_submit) * 1e3
-        job.future.set_result(res)
-        for j in job.merged:  # in the order they arrived, after the lead
-            j.future.set_result(dataclasses.replace(res, tag=j.tag, server_ms=(now - j.t_submit) * 1e3))
+            rec.history.append((ms, stats.savings))
+        _answer(job, res)
+
+
+def _answer(job: _Job, res: Result) -> None:
+    """Answer a job and every request merged into it with one result (each its own tag and wait)."""
+    res.coalesced = 1 + len(job.merged)
+    now = time.perf_counter()
+    res.server_ms = (now - job.t_submit) * 1e3
+    job.future.set_result(res)
+    for j in job.merged:  # in the order they arrived, after the lead
+        j.future.set_result(dataclasses.replace(res, tag=j.tag, server_ms=(now - j.t_submit) * 1e3))

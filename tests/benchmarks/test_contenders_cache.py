@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from contenders import private_cache_dir  # noqa: E402
+from benchmarks.contenders import private_cache_dir
 
 
 def test_cache_is_made_private(tmp_path, monkeypatch):

@@ -4,20 +4,15 @@ ORT full; the cost model, ratios, headline table and growth-exponent fit are wha
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import edits  # noqa: E402
-import scaling  # noqa: E402
-from contenders import first_change  # noqa: E402
-
-from vqinc.runtime.decoder import KVDecoder  # noqa: E402
-from vqinc.runtime.model import Model  # noqa: E402
-from vqinc.runtime.stages import full_macs, suffix_macs  # noqa: E402
+from benchmarks import edits, scaling
+from vqinc.runtime.baseline.prefix_kv import KVDecoder
+from vqinc.runtime.format.stages import full_macs, suffix_macs
+from vqinc.runtime.model_dir import Model
+from vqinc.runtime.text.splice import first_difference
 
 TEXT = "The proposal adds a keyword to the grammar. Existing code keeps working; the new form is opt-in."
 EDITS = [(4, 12, "film"), (0, 0, "An "), (20, 20, " new"), (30, 41, ""), (10, 11, "X")]
@@ -60,8 +55,8 @@ def test_suffix_cost_model_matches_the_engine_for_a_full_recompute(loaded):
     for n in (1, 2, 17, 300):
         assert suffix_macs(spec, n, 0) == full_macs(spec, n)
     assert suffix_macs(spec, 300, 299) < suffix_macs(spec, 300, 10) < suffix_macs(spec, 300, 0)
-    assert first_change(np.array([1, 2, 3]), np.array([1, 2, 4, 5])) == 2
-    assert first_change(np.array([1, 2]), np.array([1, 2, 3])) == 2
+    assert first_difference(np.array([1, 2, 3]), np.array([1, 2, 4, 5])) == 2
+    assert first_difference(np.array([1, 2]), np.array([1, 2, 3])) == 2
 
 
 def test_headline_table_and_growth_exponents():

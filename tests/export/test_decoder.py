@@ -17,11 +17,11 @@ from conftest import CONFIGS, make_tiny_model
 from vqinc.export.decoder import Decoder, default_attention, export_decoder
 from vqinc.export.from_dir import model_from_dir
 from vqinc.export.verify import decoder_splits, verify_decoder
+from vqinc.runtime.baseline.prefix_kv import KVDecoder
 from vqinc.runtime.cli import main
-from vqinc.runtime.decoder import KVDecoder
-from vqinc.runtime.manifest import graph_files, load_manifest
-from vqinc.runtime.model import Model
-from vqinc.runtime.sessions import session_options
+from vqinc.runtime.format.manifest import graph_files, load_manifest
+from vqinc.runtime.model_dir import Model
+from vqinc.runtime.ort.sessions import session_options
 
 
 @pytest.fixture(scope="module")

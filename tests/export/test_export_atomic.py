@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from vqinc.export import exporter, stages
-from vqinc.runtime import atomic
+from vqinc.export import exporter, stage_modules
 from vqinc.runtime.cli import main
-from vqinc.runtime.manifest import load_manifest
-from vqinc.runtime.model import Model
+from vqinc.runtime.format import atomic
+from vqinc.runtime.format.manifest import load_manifest
+from vqinc.runtime.model_dir import Model
 
 
 class Interrupt:
@@ -63,7 +63,7 @@ def other(exported):
 def test_interrupted_export_leaves_the_old_model(good, other, monkeypatch, where, at):
     d, fp = good
     if where == "save_graph":
-        monkeypatch.setattr(stages, "save_graph", Interrupt(stages.save_graph, at))
+        monkeypatch.setattr(stage_modules, "save_graph", Interrupt(stage_modules.save_graph, at))
     elif where == "to_json":
         monkeypatch.setattr(exporter.Manifest, "to_json", Interrupt(exporter.Manifest.to_json, at))
     elif where == "exchange":
@@ -99,7 +99,7 @@ def test_cli_export_interrupted_over_a_good_model(good, other, tmp_path, monkeyp
 
     d, fp = good
     ck = save_checkpoint(other[0], other[1], tmp_path / "ck")
-    monkeypatch.setattr(stages, "save_graph", Interrupt(stages.save_graph, 2))
+    monkeypatch.setattr(stage_modules, "save_graph", Interrupt(stage_modules.save_graph, 2))
     assert main(["export", str(ck), str(d), "--no-full"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert load_manifest(d).fingerprint == fp
@@ -116,7 +116,7 @@ def test_interrupted_decoder_export_leaves_the_model_as_it_was(exported, tmp_pat
     shutil.copytree(e.model_dir, d)
     before = (d / "manifest.json").read_text()
     if at == 1:  # while the decoder graph is written
-        monkeypatch.setattr(stages, "save_graph", Interrupt(stages.save_graph, 1))
+        monkeypatch.setattr(stage_modules, "save_graph", Interrupt(stage_modules.save_graph, 1))
     else:  # at the swap
         monkeypatch.setattr(atomic, "_exchange", Interrupt(atomic._exchange, 1))
     with pytest.raises(KeyboardInterrupt):

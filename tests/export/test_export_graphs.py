@@ -11,7 +11,7 @@ from conftest import CONFIGS, make_tiny_model
 
 from vqinc.export.exporter import export_model
 from vqinc.export.verify import verify
-from vqinc.runtime.manifest import graph_files, load_manifest
+from vqinc.runtime.format.manifest import graph_files, load_manifest
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -81,7 +81,7 @@ def test_external_data_export_loads_and_matches(tmp_path, tokenizer):
     report = verify((model, tokenizer), tmp_path / "m")
     assert report.ok, report.table()
     (tmp_path / "m" / "layers.0.post.onnx.data").write_bytes(b"")
-    from vqinc.runtime.manifest import ModelDirError
+    from vqinc.runtime.format.manifest import ModelDirError
 
     with pytest.raises(ModelDirError, match=r"layers\.0\.post\.onnx\.data is 0 bytes"):
         load_manifest(tmp_path / "m")

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from tests_support import kernel_path
 
 from vqinc.export.attend import attend_graph
-from vqinc.runtime.attention import KeyDelta, lazy_update
-from vqinc.runtime.config import ModelSpec
-from vqinc.runtime.numerics import Codebook, attention_bounds
-from vqinc.runtime.sessions import session_options
-from vqinc.runtime.state import LayerState
+from vqinc.runtime.engine.attention import KeyDelta, lazy_update
+from vqinc.runtime.engine.numerics import Codebook, attention_bounds
+from vqinc.runtime.engine.state import LayerState
+from vqinc.runtime.format.spec import ModelSpec
+from vqinc.runtime.ort.sessions import session_options
 
 H, HKV, DH, K = 4, 2, 8, 8
 SPEC = ModelSpec(family="llama", vocab_size=10, d_model=H * DH, num_layers=1, num_heads=H, num_kv_heads=HKV,

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from tests_support import assert_chunks_same_as_full
 
 from vqinc.runtime.chunked import ChunkedDocument
-from vqinc.runtime.chunking import ChunkConfig
 from vqinc.runtime.document import Document
+from vqinc.runtime.text.chunking import ChunkConfig
 
 CFG = ChunkConfig(max_tokens=255, min_chars=60, period=3, max_chars=500, hash_window=8, single_max_chars=300)
 SENTENCES = [

@@ -1,4 +1,4 @@
-"""The content-defined chunker (runtime/chunking.py): pure functions, no model, no ORT."""
+"""The content-defined chunker (runtime/text/chunking.py): pure functions, no model, no ORT."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vqinc.runtime.chunking import ChunkConfig, chunk_bounds, rechunk
+from vqinc.runtime.text.chunking import ChunkConfig, chunk_bounds, rechunk
 
 CFG = ChunkConfig(max_tokens=40, min_chars=30, period=3, max_chars=160, hash_window=6, single_max_chars=60)
 _TOKEN = re.compile(r"\w{1,4}|[^\w\s]|\s+")

@@ -12,9 +12,9 @@ import pytest
 from tests_support import PEP_REVISIONS, PEP_TYPES
 
 from vqinc.runtime.cli import main
-from vqinc.runtime.model import Model, default_model_dir
-from vqinc.runtime.replay import ReplaySummary, replay_trace
-from vqinc.runtime.traces import read_trace_file
+from vqinc.runtime.model_dir import Model, default_model_dir
+from vqinc.runtime.replay.run import ReplaySummary, replay_trace
+from vqinc.runtime.replay.traces import read_trace_file
 
 
 def _git_repo(tmp_path: Path) -> Path:
@@ -74,7 +74,7 @@ def test_replay_trace_file_keeps_the_invariant(loaded, tmp_path):
         assert_same_as_full(model, holder["summary"].document)
         holder["n"] = holder.get("n", 0) + 1
 
-    from vqinc.runtime.replay import ReplaySummary
+    from vqinc.runtime.replay.run import ReplaySummary
 
     holder["summary"] = ReplaySummary()
     summary = replay_trace(model, trace, max_tokens=200, summary=holder["summary"], on_revision=check,
@@ -199,7 +199,7 @@ def test_replay_reaches_inserts_at_offset_0_and_appends_at_the_end(loaded):
     """A document that fits the window used to skip both as "outside the window" (and --check still passed)."""
     from tests_support import assert_same_as_fresh, assert_same_as_full
 
-    from vqinc.runtime.traces import Trace, _parse_trace
+    from vqinc.runtime.replay.traces import Trace, _parse_trace
 
     model = loaded["llama-none"]
     trace: Trace = _parse_trace(ENDS)
@@ -236,7 +236,7 @@ def test_replay_edit_outside_the_text_is_an_error_naming_it(exported, loaded, tm
     assert main(["replay", str(exported["llama-none"].model_dir), "--trace", str(p)]) == 2
     _one_line_error(capsys, "replay", r"t\.jsonl:1: document 'pep-x', revision 'r7', edit 0 \(at 500, delete 0\): "
                                       r"reaches past the end of the text \(11 characters\)")
-    from vqinc.runtime.traces import _parse_trace
+    from vqinc.runtime.replay.traces import _parse_trace
 
     with pytest.raises(ValueError, match=r"document 'pep-x', revision 'r7', edit 0"):  # the Python API too
         replay_trace(loaded["llama-none"], _parse_trace(rec))
@@ -274,7 +274,7 @@ def test_replay_bad_trace_file_is_one_line_exit_2(exported, tmp_path, capsys, wh
     (["--threads", "100000"], r"--threads must be in 1\.\.256 .*got 100000"),
 ])
 def test_replay_bad_flags_are_one_line_exit_2_before_loading(tmp_path, capsys, monkeypatch, flags, match):
-    import vqinc.runtime.model as model_module
+    import vqinc.runtime.model_dir as model_module
 
     monkeypatch.setattr(model_module.Model, "load", lambda *a, **k: pytest.fail("loaded a model"))
     p = _trace_file(tmp_path, ENDS)
@@ -286,7 +286,7 @@ def test_replay_bad_flags_are_one_line_exit_2_before_loading(tmp_path, capsys, m
                                  ["replay", "MODEL", "--trace", "FILE"]])
 @pytest.mark.parametrize("threads", ["0", "-1", "100000"])
 def test_every_subcommand_refuses_bad_threads_before_loading(tmp_path, capsys, monkeypatch, cmd, threads):
-    import vqinc.runtime.model as model_module
+    import vqinc.runtime.model_dir as model_module
 
     monkeypatch.setattr(model_module.Model, "load", lambda *a, **k: pytest.fail("loaded a model"))
     f = _trace_file(tmp_path, ENDS)
@@ -308,7 +308,7 @@ def test_parser_errors_are_one_line_exit_2(capsys):
 
 
 def test_run_bad_files_are_one_line_exit_2_before_loading(tmp_path, capsys, monkeypatch):
-    import vqinc.runtime.model as model_module
+    import vqinc.runtime.model_dir as model_module
 
     monkeypatch.setattr(model_module.Model, "load", lambda *a, **k: pytest.fail("loaded a model"))
     (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 4)

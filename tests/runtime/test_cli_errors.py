@@ -58,7 +58,7 @@ def test_info_and_demo_with_info_fields_of_the_wrong_type(exported, tmp_path, ca
     trace = tmp_path / "t.jsonl"
     trace.write_text(json.dumps(RECORD) + "\n")
     assert main(["demo", "--model-dir", str(d), "--trace", str(trace), "--threads", "1"]) == 0
-    assert "test accuracy high, macro-F1 ? (?)" in capsys.readouterr().out
+    assert "test accuracy n/a, macro-F1 n/a (?)" in capsys.readouterr().out
 
 
 def test_model_dir_that_is_a_file(tmp_path, capsys):

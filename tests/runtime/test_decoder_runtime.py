@@ -1,4 +1,4 @@
-"""runtime/decoder.py: the past-KV decoder driven as serving stacks drive it, without torch."""
+"""runtime/baseline/prefix_kv.py: the past-KV decoder driven as serving stacks drive it, without torch."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vqinc.runtime.decoder import KVDecoder
-from vqinc.runtime.manifest import ModelDirError
-from vqinc.runtime.model import Model
+from vqinc.runtime.baseline.prefix_kv import KVDecoder
+from vqinc.runtime.format.manifest import ModelDirError
+from vqinc.runtime.model_dir import Model
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,8 @@ def test_decoder_runs_without_torch(rope_decoder):
 import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
 import numpy as np
-from vqinc.runtime.model import Model
-from vqinc.runtime.decoder import KVDecoder
+from vqinc.runtime.model_dir import Model
+from vqinc.runtime.baseline.prefix_kv import KVDecoder
 m = Model.load({str(root)!r}, threads=1)
 doc = KVDecoder(m).document(m.encode_ids("The proposal adds a keyword.")[1:])
 st = doc.set_ids(m.encode_ids("The proposal adds a new keyword.")[1:])

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests_support import assert_same_as_fresh, assert_same_as_full, edit_checking_every_step
 
-from vqinc.runtime.model import Model, default_model_dir
+from vqinc.runtime.model_dir import Model, default_model_dir
 
 PIECES = [
     "🙂", "🇫🇷", "🇯🇵🇩🇪", "👨‍👩‍👧", "👍🏽", "1️⃣", "e\u0301", "ñ", "\r\n", "\n", "\x00", "\t", "\u200b", "\ufeff",

@@ -1,4 +1,4 @@
-"""The C kernels (runtime/_kernels.c): the exp they use is as accurate as the bounds assume, and bad
+"""The C kernels (runtime/engine/_kernels.c): the exp they use is as accurate as the bounds assume, and bad
 buffers are refused with an error before anything is read or written."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from vqinc.runtime import kernels
-from vqinc.runtime.numerics import EXP_ULPS
+from vqinc.runtime.engine import kernels
+from vqinc.runtime.engine.numerics import EXP_ULPS
 
 if kernels.NATIVE is None:
     if os.environ.get("VQINC_REQUIRE_KERNELS") == "1":
@@ -43,7 +43,7 @@ def _args(n=3, X=2, H=2, cap=4, dh=8, K_=5):
     """A consistent call: zero queries, keys and values (every weight exp(0) = 1), two added keys."""
     f32, f64, i64 = np.float32, np.float64, np.int64
     c = np.random.default_rng(0).normal(size=(H, K_, dh))
-    from vqinc.runtime.numerics import Codebook
+    from vqinc.runtime.engine.numerics import Codebook
     book = Codebook(c)
     _, sq, inv, pen, ec, en, _ = book.parts
     buffers = dict(q=np.zeros((H, cap, dh), f32), k=np.zeros((H, X, dh), f32), v=np.zeros((H, X, dh), f32),
@@ -102,7 +102,7 @@ def test_margins_agree_with_the_numpy_path(seed):
     error terms both subtract (far below them), on random rows, near-ties and duplicate code vectors."""
     from tests_support import kernel_path
 
-    from vqinc.runtime.numerics import Codebook
+    from vqinc.runtime.engine.numerics import Codebook
 
     rng = np.random.default_rng(seed)
     c = rng.normal(size=(3, 16, 8))
@@ -126,8 +126,8 @@ def test_attend64_matches_the_numpy_float64_path(DH):
     """attend64 (C) and attention._attention64 (numpy) compute the same float64 attention: equal far below
     the float64 error bound, with free slots (pos -1) and keys after the row excluded. Head sizes cover the
     blocked loops (32 columns, then 8) and the plain one (dh not a multiple of 8)."""
-    from vqinc.runtime.attention import _attention64
-    from vqinc.runtime.state import LayerState
+    from vqinc.runtime.engine.attention import _attention64
+    from vqinc.runtime.engine.state import LayerState
 
     rng = np.random.default_rng(1)
     H, HKV, cap = 4, 2, 40
@@ -165,9 +165,9 @@ def test_recompute64_matches_attend64_then_rows_store(DH):
     """recompute64 (one C call) equals attend64 followed by the Python steps it replaces (nearest code,
     margins, error bounds, float32 rounding: attention._Rows.store): codes identical, the rest equal far
     below their error bounds."""
-    from vqinc.runtime.attention import _Rows
-    from vqinc.runtime.numerics import U64, Codebook
-    from vqinc.runtime.state import LayerState
+    from vqinc.runtime.engine.attention import _Rows
+    from vqinc.runtime.engine.numerics import U64, Codebook
+    from vqinc.runtime.engine.state import LayerState
 
     rng = np.random.default_rng(2)
     H, HKV, cap, R = 4, 2, 40, 6

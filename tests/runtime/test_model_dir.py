@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vqinc.runtime.manifest import ModelDirError, file_sha256, fingerprint, load_manifest
-from vqinc.runtime.model import Model, default_model_dir
+from vqinc.runtime.format.manifest import ModelDirError, file_sha256, fingerprint, load_manifest
+from vqinc.runtime.model_dir import Model, default_model_dir
 
 
 def _copy(exported, tmp_path: Path, name: str = "llama-none") -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vqinc.runtime.planner import edit_shape, plan_layer
+from vqinc.runtime.engine.planner import edit_shape, plan_layer
 
 
 def _doc(n: int, cap: int = 512, seed: int = 0):

@@ -9,9 +9,9 @@ import warnings
 import onnxruntime as ort
 import pytest
 
-from vqinc.runtime import providers as prov
 from vqinc.runtime.cli import main
-from vqinc.runtime.model import Model
+from vqinc.runtime.model_dir import Model
+from vqinc.runtime.ort import providers as prov
 
 TEST_PROVIDER_ENV = "VQINC_TEST_PROVIDER"  # read by tests/conftest.py (not importable: tests/ops has a conftest)
 CUDA = "CUDAExecutionProvider"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from tests_support import assert_same_as_fresh, assert_same_as_full
 
-from vqinc.runtime.manifest import ModelDirError, file_sha256
-from vqinc.runtime.model import Model
+from vqinc.runtime.format.manifest import ModelDirError, file_sha256
+from vqinc.runtime.model_dir import Model
 
 
 def _snapshot(doc):
@@ -91,7 +91,7 @@ class _FailingKernels:
 @pytest.mark.parametrize("stage", ["attend", "post", "final", "head", "kernel"])
 def test_engine_failure_mid_edit_restores_document(loaded, monkeypatch, stage):
     """A failure in any graph or in a C kernel, half-way through an edit, leaves the document as it was."""
-    from vqinc.runtime import kernels
+    from vqinc.runtime.engine import kernels
 
     model = loaded["llama-none"]
     doc = model.document("The proposal adds a keyword.")
@@ -212,8 +212,8 @@ def test_runtime_never_imports_torch(exported):
     code = f"""
 import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
-import vqinc.runtime, vqinc.runtime.model, vqinc.runtime.document, vqinc.runtime.cli, vqinc.runtime.replay
-from vqinc.runtime.model import Model
+import vqinc.runtime, vqinc.runtime.model_dir, vqinc.runtime.document, vqinc.runtime.cli, vqinc.runtime.replay.run
+from vqinc.runtime.model_dir import Model
 m = Model.load({str(exported["llama-none"].model_dir)!r}, threads=1)
 d = m.document("The proposal adds a keyword.")
 d.edit(4, 12, "film")

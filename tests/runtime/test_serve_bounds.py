@@ -83,7 +83,7 @@ def test_lsp_huge_header_line_is_skipped_and_the_server_goes_on(exported, tmp_pa
 
 
 def loaded_model(exported):
-    from vqinc.runtime.model import Model
+    from vqinc.runtime.model_dir import Model
 
     return Model.load(exported["llama-none"].model_dir, threads=1, warm_up=False)
 

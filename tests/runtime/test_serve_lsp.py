@@ -13,8 +13,8 @@ import pytest
 from lsprotocol import types as t
 from serve_support import LspSession, RawLsp, assert_matches_fresh, lsp_position
 
+from vqinc.runtime.format.stages import INCREMENTAL_ROWS
 from vqinc.runtime.serve.lsp import max_message_bytes
-from vqinc.runtime.stages import INCREMENTAL_ROWS
 
 PIECES = ["a", " film", " charming", " ", "\n", "\r\n", "\r", "é", "日本", "🙂", "𝔘", "x", ".", "  "]
 START = "An utterly charming film 🙂\r\nsecond line\rthird 𝔘 line\nend"

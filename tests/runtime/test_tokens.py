@@ -13,8 +13,8 @@ from tests_support import PEP_REVISIONS, PEP_TYPES
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 
 from vqinc.model.bpe import train_bpe
-from vqinc.runtime.tokens import TokenEdit, TokenizedText, diff_texts, retokenize
-from vqinc.runtime.traces import read_trace_file
+from vqinc.runtime.replay.traces import read_trace_file
+from vqinc.runtime.text.tokens import TokenEdit, TokenizedText, diff_texts, retokenize
 
 # Llama-3 / tiktoken cl100k pre-tokenizer regex: look-ahead over whitespace runs, newline groups
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tests_support import PEP_REVISIONS
 
 from vqinc.runtime.progress import progress
-from vqinc.runtime.traces import Edit, Revision, Trace, git_file_history, read_trace_file, text_edits
+from vqinc.runtime.replay.traces import Edit, Revision, Trace, git_file_history, read_trace_file, text_edits
 
 HYP = settings(max_examples=100, deadline=None, derandomize=True)
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

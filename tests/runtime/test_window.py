@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vqinc.runtime.window import EditWindow
+from vqinc.runtime.text.window import EditWindow
 
 
 @given(st.data())

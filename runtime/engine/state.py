@@ -14,32 +14,41 @@ o updated from the keys that come and go (attention.lazy_update), which proves i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import numpy.typing as npt
 
-from vqinc.runtime.config import ModelSpec
+from vqinc.runtime.format.spec import ModelSpec
 
 I64 = npt.NDArray[np.int64]
+
+
+def _slots(axis: int):
+    """A LayerState array whose axis `axis` is the slot (grow and compact move along it)."""
+    return field(metadata={"slot_axis": axis})
+
+
+def slot_axis(f) -> int:
+    return f.metadata["slot_axis"]
 
 
 @dataclass
 class LayerState:
     """One layer. Row arrays are indexed by slot; per-head arrays are (heads, slots)."""
 
-    x: np.ndarray  # (cap, d) f32 layer input
-    q: np.ndarray  # (H, cap, dh) f32
-    k: np.ndarray  # (Hkv, cap, dh) f32; empty slots hold finite values (zeros or a freed row)
-    v: np.ndarray  # (Hkv, cap, dh) f32
-    qnorm: np.ndarray  # (H, cap) f32 |q| per head, for score error bounds
-    m: np.ndarray  # (H, cap) f32 softmax reference point: the max score at the row's last full computation
-    den: np.ndarray  # (H, cap) f64 Σ_j exp(s_j − m) over the visible keys, kept current by lazy updates
-    den_err: np.ndarray  # (H, cap) f64 bound on |den − exact|
-    o: np.ndarray  # (H, cap, dh) f32 attention output (the last computed or lazily updated one)
-    o_err: np.ndarray  # (H, cap) f64 upper bound on |o − exact output|
-    margin: np.ndarray  # (H, cap) f64 lower bound on the exact output's distance inside its code's cell
-    codes: np.ndarray  # (cap, H) i64
+    x: np.ndarray = _slots(0)  # (cap, d) f32 layer input
+    q: np.ndarray = _slots(1)  # (H, cap, dh) f32
+    k: np.ndarray = _slots(1)  # (Hkv, cap, dh) f32; empty slots hold finite values (zeros or a freed row)
+    v: np.ndarray = _slots(1)  # (Hkv, cap, dh) f32
+    qnorm: np.ndarray = _slots(1)  # (H, cap) f32 |q| per head, for score error bounds
+    m: np.ndarray = _slots(1)  # (H, cap) f32 softmax reference point: the max score at the row's last full computation
+    den: np.ndarray = _slots(1)  # (H, cap) f64 Σ_j exp(s_j − m) over the visible keys, kept current by lazy updates
+    den_err: np.ndarray = _slots(1)  # (H, cap) f64 bound on |den − exact|
+    o: np.ndarray = _slots(1)  # (H, cap, dh) f32 attention output (the last computed or lazily updated one)
+    o_err: np.ndarray = _slots(1)  # (H, cap) f64 upper bound on |o − exact output|
+    margin: np.ndarray = _slots(1)  # (H, cap) f64 lower bound on the exact output's distance inside its code's cell
+    codes: np.ndarray = _slots(0)  # (cap, H) i64
 
     @classmethod
     def empty(cls, cap: int, spec: ModelSpec) -> LayerState:
@@ -55,7 +64,7 @@ class LayerState:
     def grow(self, cap: int) -> None:
         for f in fields(self):
             a = getattr(self, f.name)
-            axis = 0 if f.name in ("x", "codes") else 1
+            axis = slot_axis(f)
             shape = list(a.shape)
             old = shape[axis]
             shape[axis] = cap
@@ -76,6 +85,9 @@ class DocState:
     logits: np.ndarray  # (C,) f32
     kmax: np.ndarray  # (L, Hkv) f64 upper bound on |k| of any key ever stored (error bounds)
     vmax: np.ndarray  # (L, Hkv) f64 upper bound on |v| of any value ever stored
+    need_rate: list[float]
+    """Per layer, the running estimate of the fraction of lazy queries recomputed per changed key (it
+    only steers the planner's lazy-or-dense choice; both are exact)."""
 
     @classmethod
     def empty(cls, spec: ModelSpec, cap: int = 64) -> DocState:
@@ -85,6 +97,7 @@ class DocState:
             y=np.zeros((cap, spec.d_model), np.float32), pooled_sum=np.zeros(spec.d_model),
             logits=np.zeros(spec.num_labels, np.float32),
             kmax=np.zeros((spec.num_layers, spec.num_kv_heads)), vmax=np.zeros((spec.num_layers, spec.num_kv_heads)),
+            need_rate=[0.01] * spec.num_layers,
         )
 
     @property
@@ -127,7 +140,7 @@ class DocState:
         for layer in self.layers:
             for f in fields(layer):
                 a = getattr(layer, f.name)
-                axis = 0 if f.name in ("x", "codes") else 1
+                axis = slot_axis(f)
                 b = np.zeros(a.shape[:axis] + (cap,) + a.shape[axis + 1:], a.dtype)
                 if axis == 0:
                     b[:n] = a[order]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -11,18 +10,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tokenizers import Tokenizer
 
-from vqinc.runtime.config import ModelSpec
-from vqinc.runtime.engine import EditStats, Engine
-from vqinc.runtime.executor import Executor
-from vqinc.runtime.manifest import Manifest, ModelDirError, load_manifest
+from vqinc.runtime.engine.propagate import EditStats, Engine
+from vqinc.runtime.format.manifest import Manifest, ModelDirError, load_manifest
+from vqinc.runtime.format.spec import ModelSpec
+from vqinc.runtime.ort.executor import Executor
 
 if TYPE_CHECKING:
     from vqinc.runtime.chunked import ChunkedDocument
-    from vqinc.runtime.chunking import ChunkConfig
     from vqinc.runtime.document import Document
+    from vqinc.runtime.text.chunking import ChunkConfig
 
 WARMUP_TEXT = ("A short text that every stage graph sees once at load, so that a user's first edit does "
                "not pay for ONNX Runtime's first-run allocations. ") * 4
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Label probabilities of `logits`, in float64."""
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max())
+    return e / e.sum()
 
 
 def default_model_dir() -> Path:
@@ -38,7 +44,6 @@ class Model:
         self.root, self.manifest, self.executor, self.tokenizer = root, manifest, executor, tokenizer
         self.spec: ModelSpec = executor.spec
         self.engine = Engine(executor, self.spec, list(codebooks))
-        self._edit_lock = threading.Lock()  # serialises edit_many rounds against each other
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, providers: list[str] | None = None,
@@ -96,9 +101,18 @@ class Model:
     def labels(self) -> tuple[str, ...]:
         return self.spec.labels
 
+    def label_of(self, logits: np.ndarray) -> str:
+        """The label a document with these logits gets (documents and chunked documents alike)."""
+        return self.labels[int(np.argmax(logits))]
+
     @property
     def max_positions(self) -> int:
         return self.spec.max_positions
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest text one document holds, in tokens (the window minus BOS)."""
+        return self.spec.max_positions - 1
 
     @property
     def bos_token_id(self) -> int:
@@ -117,8 +131,8 @@ class Model:
         a `ChunkedDocument` (for a document that may grow past the window: editors, replays); False always a
         plain `Document` (a longer text is refused). `chunking`: where a ChunkedDocument cuts its text."""
         from vqinc.runtime.chunked import ChunkedDocument
-        from vqinc.runtime.chunking import ChunkConfig
         from vqinc.runtime.document import Document, check_text
+        from vqinc.runtime.text.chunking import ChunkConfig
 
         if chunked not in (None, True, False):
             raise TypeError(f"chunked must be None, True or False, got {chunked!r}")

@@ -18,9 +18,10 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from vqinc.runtime.manifest import GraphSpec, ModelDirError
-from vqinc.runtime.model import Model
-from vqinc.runtime.sessions import BULK_ROWS, session_options
+from vqinc.runtime.format.manifest import GraphSpec, ModelDirError
+from vqinc.runtime.model_dir import Model
+from vqinc.runtime.ort.sessions import BULK_ROWS, session_options
+from vqinc.runtime.text.splice import first_difference
 
 
 def expand_names(names: tuple[str, ...], num_layers: int) -> list[str]:
@@ -134,9 +135,7 @@ class KVDocument:
         """Make the document hold `ids` (BOS excluded): rewind to the first changed token, run the rest."""
         t0 = time.perf_counter()
         new = self._with_bos(ids)
-        lim = min(len(new), self.length)
-        neq = np.flatnonzero(new[:lim] != self.ids[:lim])
-        p = int(neq[0]) if len(neq) else lim
+        p = first_difference(new, self.ids)
         if p == len(new) == self.length:  # unchanged
             return KVStats(p, 0, len(new), (time.perf_counter() - t0) * 1e3)
         start = min(p, len(new) - 1)  # a pure deletion at the end re-runs the last token (pooling "last")

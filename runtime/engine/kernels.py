@@ -16,7 +16,7 @@ def _load() -> ModuleType | None:
     if os.environ.get("VQINC_KERNELS", "").lower() == "numpy":
         return None
     try:
-        from vqinc.runtime import _kernels
+        from vqinc.runtime.engine import _kernels
     except ImportError as e:
         if os.environ.get("VQINC_REQUIRE_KERNELS") == "1":
             raise ImportError(f"vqinc's native kernels are not built ({e}); build them with "

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from vqinc.runtime.attention import KeyDelta, lazy_update, recompute_rows
-from vqinc.runtime.config import ModelSpec
-from vqinc.runtime.executor import Executor
-from vqinc.runtime.numerics import Codebook
-from vqinc.runtime.planner import EMPTY, EditShape, LayerPlan, edit_shape, plan_layer
-from vqinc.runtime.stages import INCREMENTAL_ROWS, full_macs, stage_macs
-from vqinc.runtime.state import DocState
+from vqinc.runtime.engine.attention import KeyDelta, lazy_update, recompute_rows
+from vqinc.runtime.engine.numerics import Codebook
+from vqinc.runtime.engine.planner import EMPTY, EditShape, LayerPlan, edit_shape, plan_layer
+from vqinc.runtime.engine.state import DocState
+from vqinc.runtime.format.spec import ModelSpec
+from vqinc.runtime.format.stages import INCREMENTAL_ROWS, full_macs, savings, stage_macs
+from vqinc.runtime.ort.executor import Executor
 
 I64 = npt.NDArray[np.int64]
 
@@ -58,7 +58,7 @@ class EditStats:
 
     @property
     def savings(self) -> float:
-        return self.full_macs / max(self.macs, 1)
+        return savings(self.full_macs, self.macs)
 
     @classmethod
     def nothing(cls, spec: ModelSpec, num_tokens: int) -> EditStats:
@@ -81,15 +81,12 @@ class _Job:
 
 
 class Engine:
-    """Stateless driver: `apply(state, row, n_delete, new_ids)` mutates a DocState in place."""
+    """Driver holding no document state: `apply(state, row, n_delete, new_ids)` mutates a DocState in place."""
 
     def __init__(self, executor: Executor, spec: ModelSpec, codebooks: list[np.ndarray]):
-        self.x, self.spec = executor, spec
+        self.executor, self.spec = executor, spec
         self.codebooks = [Codebook(c) for c in codebooks]
         self.macs = stage_macs(spec)
-        self.need_rate = [0.01] * spec.num_layers
-        """Per layer, the running estimate of the fraction of lazy queries recomputed per changed key
-        (it only steers the planner's lazy-or-dense choice; both are exact)."""
 
     def apply(self, state: DocState, row: int, n_delete: int, new_ids: I64) -> EditStats:
         """Replace rows [row, row + n_delete) by `new_ids`; validation is the caller's job."""
@@ -97,7 +94,7 @@ class Engine:
 
     def apply_many(self, edits: list[tuple[DocState, int, int, I64]]) -> list[EditStats]:
         """Apply one splice to each of several distinct documents, sharing the row-wise graph calls."""
-        t0, calls0 = time.perf_counter(), self.x.calls
+        t0, calls0 = time.perf_counter(), self.executor.calls
         jobs = [self._start(*e) for e in edits]
         self._embed(jobs)
         for layer_idx in range(self.spec.num_layers):
@@ -110,7 +107,7 @@ class Engine:
             job.state.release(job.shape.deleted_slots)
             job.stats.full_macs = full_macs(self.spec, job.state.n)
             job.stats.wall_ms = wall
-            job.stats.graph_calls = self.x.calls - calls0
+            job.stats.graph_calls = self.executor.calls - calls0
         return [job.stats for job in jobs]
 
     # -- set-up ------------------------------------------------------------------------------
@@ -142,7 +139,7 @@ class Engine:
             return
         ids = np.concatenate([j.state.ids[j.state.pos[j.changed]] for j in todo])
         positions = np.concatenate([j.state.pos[j.changed] for j in todo])
-        x, q, k, v = self.x.run("embed_qkv", ids=ids, positions=positions)
+        x, q, k, v = self.executor.run("embed_qkv", ids=ids, positions=positions)
         for j, sl in zip(todo, _splits(todo), strict=True):
             j.state.layers[0].x[j.changed] = x[sl]
             j.pending = (q[sl], k[sl], v[sl])
@@ -152,7 +149,7 @@ class Engine:
     def _attention(self, job: _Job, li: int) -> None:
         st, stats, spec = job.state, job.stats, self.spec
         L = st.layers[li]
-        plan = plan_layer(st.pos, st.order, job.changed, job.shape, spec.positions, job.is_new, self.need_rate[li])
+        plan = plan_layer(st.pos, st.order, job.changed, job.shape, spec.positions, job.is_new, st.need_rate[li])
         dirty_q, dirty_k, dirty_v = self._dirty_qkv(job, li, plan)
         stats.rows["embed_qkv"].append(len(plan.dirty))
         if len(plan.lazy):
@@ -163,7 +160,7 @@ class Engine:
             need, lazy_changed = np.zeros(0, bool), EMPTY
         if len(plan.lazy) and plan.changed_keys:
             observed = 1.0 - (1.0 - need.mean()) ** (1.0 / plan.changed_keys)
-            self.need_rate[li] = 0.7 * self.need_rate[li] + 0.3 * observed
+            st.need_rate[li] = 0.7 * st.need_rate[li] + 0.3 * observed
         stats.rows["lazy"].append(len(plan.lazy))
         stats.macs += int(len(plan.lazy) * plan.changed_keys * spec.num_heads * spec.head_dim)
         self._store_qkv(st, li, plan.dirty, dirty_q, dirty_k, dirty_v)
@@ -211,7 +208,7 @@ class Engine:
         rows, parts = job.changed, job.pending if job.pending is not None else _empty_qkv(self.spec)
         if len(plan.qkv):
             st = job.state
-            moved = self.x.run("qkv", li, x=st.layers[li].x[plan.qkv], positions=st.pos[plan.qkv])
+            moved = self.executor.run("qkv", li, x=st.layers[li].x[plan.qkv], positions=st.pos[plan.qkv])
             job.stats.macs += len(plan.qkv) * self.macs["qkv"].per_row
             rows = np.concatenate([rows, plan.qkv])
             parts = tuple(np.concatenate([a, b]) for a, b in zip(parts, moved, strict=True))
@@ -237,11 +234,11 @@ class Engine:
 
     def _attend_fn(self, li: int):
         def run(q, k, v, qpos, kpos):
-            return self.x.run("attend", li, q=q, k=k, v=v, qpos=qpos, kpos=kpos)
+            return self.executor.run("attend", li, q=q, k=k, v=v, qpos=qpos, kpos=kpos)
         return run
 
     def _refine(self, q, k, v, qpos, kpos):
-        return self.x.run("refine", q=q, k=k, v=v, qpos=qpos, kpos=kpos)
+        return self.executor.run("refine", q=q, k=k, v=v, qpos=qpos, kpos=kpos)
 
     # -- row-wise stages, shared by all documents ----------------------------------------------
     def _post(self, jobs: list[_Job], li: int) -> None:
@@ -257,13 +254,13 @@ class Engine:
         x = _gather([j.state.layers[li].x for j in todo], todo)
         codes = _gather([j.state.layers[li].codes for j in todo], todo)
         if last:
-            (y,) = self.x.run("final", x=x, codes=codes)
+            (y,) = self.executor.run("final", x=x, codes=codes)
             for j, sl in zip(todo, _splits(todo), strict=True):
                 self._pool(j, y[sl])
                 j.stats.macs += len(j.changed) * self.macs["final"].per_row
             return
         positions = _gather([j.state.pos for j in todo], todo)
-        out, q, k, v = self.x.run("post", li, x=x, codes=codes, positions=positions)
+        out, q, k, v = self.executor.run("post", li, x=x, codes=codes, positions=positions)
         for j, sl in zip(todo, _splits(todo), strict=True):
             nxt = j.state.layers[li + 1].x
             rows = j.changed
@@ -296,7 +293,7 @@ class Engine:
             pooled = np.stack([j.state.pooled_sum / j.state.n for j in todo])
         else:
             pooled = np.stack([j.state.y[j.state.order[-1]].astype(np.float64) for j in todo])
-        (logits,) = self.x.run("head", pooled=pooled.astype(np.float32))
+        (logits,) = self.executor.run("head", pooled=pooled.astype(np.float32))
         for j, row in zip(todo, logits, strict=True):
             j.state.logits = row
             j.stats.macs += self.macs["head"].per_row

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from vqinc.runtime.text.splice import id_splice, text_splice
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
@@ -132,9 +134,7 @@ def diff_texts(old: str, new: str) -> tuple[int, int, str]:
     for name, v in (("old", old), ("new", new)):
         if not isinstance(v, str):
             raise TypeError(f"{name} must be str, got {type(v).__name__}")
-    p = _common_prefix(old, new)
-    s = _common_prefix(old[p:][::-1], new[p:][::-1])
-    return p, len(old) - s, new[p : len(new) - s]
+    return text_splice(old, new)
 
 
 # -- internals ---------------------------------------------------------------------------------
@@ -228,23 +228,5 @@ def _same(
 
 def _minimal_edit(old_ids: npt.NDArray[np.int64], new_ids: npt.NDArray[np.int64], base: int) -> TokenEdit:
     """Strip the equal leading and trailing tokens of the replaced span."""
-    lim = min(len(old_ids), len(new_ids))
-    p = 0
-    while p < lim and old_ids[p] == new_ids[p]:
-        p += 1
-    s = 0
-    while s < lim - p and old_ids[len(old_ids) - 1 - s] == new_ids[len(new_ids) - 1 - s]:
-        s += 1
-    return TokenEdit(base + p, len(old_ids) - p - s, [int(i) for i in new_ids[p : len(new_ids) - s]])
-
-
-def _common_prefix(x: str, y: str) -> int:
-    """Length of the common prefix, comparing in chunks (C speed) before the last few characters."""
-    lim, p, step = min(len(x), len(y)), 0, 4096
-    while step:
-        while p + step <= lim and x[p : p + step] == y[p : p + step]:
-            p += step
-        step //= 8
-    while p < lim and x[p] == y[p]:
-        p += 1
-    return p
+    p, end, piece = id_splice(old_ids, new_ids)
+    return TokenEdit(base + p, end - p, piece.tolist())

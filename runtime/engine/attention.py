@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from vqinc.runtime import kernels
-from vqinc.runtime.config import ModelSpec
-from vqinc.runtime.numerics import EXP_ULPS, KEEP_EPS, U32, U64, Codebook, attention_bounds, gamma
-from vqinc.runtime.state import LayerState
+from vqinc.runtime.engine import kernels
+from vqinc.runtime.engine.numerics import EXP_ULPS, KEEP_EPS, U32, U64, Codebook, attention_bounds, gamma
+from vqinc.runtime.engine.state import LayerState
+from vqinc.runtime.format.spec import ModelSpec
 
 I64 = npt.NDArray[np.int64]
 OVERFLOW = 80.0

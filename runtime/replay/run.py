@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vqinc.runtime.engine import EditStats
-from vqinc.runtime.model import Model
-from vqinc.runtime.traces import Trace
-from vqinc.runtime.window import EditWindow
+from vqinc.runtime.engine.propagate import EditStats
+from vqinc.runtime.model_dir import Model
+from vqinc.runtime.replay.traces import Trace
+from vqinc.runtime.text.window import EditWindow
 
 
 @dataclass
@@ -85,7 +85,7 @@ class ReplaySummary:
 
 def initial_window(model: Model, text: str, max_tokens: int, center: int | None = None) -> EditWindow:
     """The widest character window around `center` whose tokenisation fits in `max_tokens`."""
-    limit = min(max_tokens, model.max_positions - 1)
+    limit = min(max_tokens, model.max_tokens)
     enc = model.tokenizer.encode(text, add_special_tokens=False)
     if len(enc.ids) <= limit:
         return EditWindow(0, len(text))
@@ -159,12 +159,7 @@ def replay_trace(
         res = RevisionResult(trace.doc_id, str(rev.id), len(summary.edits) - n0, doc.label,
                              float(doc.probs.max()), (time.perf_counter() - t0) * 1e3, macs, full,
                              len(doc.token_ids), prev_label)
-        if res.label_changed:
-            summary.label_changes += 1
-            prev_label = doc.label
-        summary.revisions.append(res)
-        if on_revision:
-            on_revision(res)
+        prev_label = _record(summary, res, on_revision)
     return summary
 
 
@@ -198,10 +193,15 @@ def _replay_whole(model: Model, trace: Trace, summary: ReplaySummary,
         res = RevisionResult(trace.doc_id, str(rev.id), len(rev.edits), doc.label, float(doc.probs.max()),
                              (time.perf_counter() - t0) * 1e3, macs, full, doc.num_tokens, prev_label,
                              len(doc.bounds) - 1)
-        if res.label_changed:
-            summary.label_changes += 1
-            prev_label = doc.label
-        summary.revisions.append(res)
-        if on_revision:
-            on_revision(res)
+        prev_label = _record(summary, res, on_revision)
     return summary
+
+
+def _record(summary: ReplaySummary, res: RevisionResult,
+            on_revision: Callable[[RevisionResult], None] | None) -> str:
+    """Add one revision's result to the summary (and the callback); the label the next one compares with."""
+    summary.label_changes += res.label_changed
+    summary.revisions.append(res)
+    if on_revision:
+        on_revision(res)
+    return res.label

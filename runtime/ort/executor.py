@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vqinc.runtime.config import ModelSpec
-from vqinc.runtime.manifest import Manifest, ModelDirError
-from vqinc.runtime.providers import resolve_providers
-from vqinc.runtime.sessions import Graph, check_threads
-from vqinc.runtime.stages import STAGES
+from vqinc.runtime.format.manifest import Manifest, ModelDirError
+from vqinc.runtime.format.spec import ModelSpec
+from vqinc.runtime.format.stages import STAGES
+from vqinc.runtime.ort.providers import resolve_providers
+from vqinc.runtime.ort.sessions import Graph, check_threads
 
 
 class Executor:
@@ -42,9 +42,6 @@ class Executor:
 
     def providers_in_use(self) -> list[str]:
         return next(iter(self._graphs.values())).session.get_providers()
-
-    def has(self, name: str) -> bool:
-        return name in self.manifest.graphs
 
     def run(self, name: str, layer: int | None = None, **feeds: np.ndarray) -> list[np.ndarray]:
         """Run stage `name` (of `layer` for per-layer stages) on `feeds`; outputs in the table's order."""

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from vqinc.runtime.blas import limit_blas_threads
-from vqinc.runtime.config import ModelSpec
-from vqinc.runtime.manifest import GraphSpec, ModelDirError
-from vqinc.runtime.providers import check_session
-from vqinc.runtime.stages import DIM_FIELDS, DYNAMIC, Stage, dim_sizes
+from vqinc.runtime.format.manifest import GraphSpec, ModelDirError
+from vqinc.runtime.format.spec import ModelSpec
+from vqinc.runtime.format.stages import DIM_FIELDS, DYNAMIC, Stage, dim_sizes
+from vqinc.runtime.ort.blas import limit_blas_threads
+from vqinc.runtime.ort.providers import check_session
 
 MAX_THREADS = 256
 BULK_ROWS = 64

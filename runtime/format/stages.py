@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vqinc.runtime.config import ModelSpec
+from vqinc.runtime.format.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -131,11 +131,22 @@ def stage_macs(spec: ModelSpec) -> dict[str, Macs]:
     }
 
 
+def token_macs(spec: ModelSpec) -> int:
+    """Position-wise multiply-accumulates of one token through every layer (attention pairs not included)."""
+    m = stage_macs(spec)
+    return spec.num_layers * (m["embed_qkv"].per_row + m["attend"].per_row + m["final"].per_row)
+
+
+def savings(full: int, macs: int) -> float:
+    """How many times fewer multiply-accumulates than a full pass (`full`): the "ops saved" figure."""
+    return full / max(macs, 1)
+
+
 def suffix_macs(spec: ModelSpec, n: int, start: int = 0) -> int:
     """Multiply-accumulates of computing rows start .. n-1 of a document of n rows (BOS included) against
     the cached keys of the rows before them: what a prefix-KV cache does after an edit at `start`."""
     m = stage_macs(spec)
-    per_row = spec.num_layers * (m["embed_qkv"].per_row + m["attend"].per_row + m["final"].per_row)
+    per_row = token_macs(spec)
     pairs = spec.num_layers * (n * (n + 1) // 2 - start * (start + 1) // 2)
     return (n - start) * per_row + pairs * m["attend"].per_pair + m["head"].per_row
 

@@ -12,11 +12,12 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from vqinc.runtime.config import ConfigError, ModelSpec
-from vqinc.runtime.stages import STAGES, Stage
+from vqinc.runtime.format.spec import ConfigError, ModelSpec
+from vqinc.runtime.format.stages import STAGES, Stage
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -50,6 +51,43 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """A model's test scores, as training recorded them."""
+
+    accuracy: float | None = None
+    macro_f1: float | None = None
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Typed view of `info`, manifest.json's free-form provenance (training and export write it; a hand
+    edit may break any field, so a field of the wrong type reads as None and nothing else fails)."""
+
+    dataset: str | None = None
+    teacher: Scores | None = None
+    student: Scores | None = None
+    decoder_attention: str | None = None
+    """Attention of the optional past-KV decoder graph ("gqa", "plain", ...)."""
+
+    @classmethod
+    def from_info(cls, info: Any) -> Provenance:
+        info = info if isinstance(info, dict) else {}
+
+        def text(v: Any) -> str | None:
+            return str(v)[:200] if isinstance(v, (str, int, float)) and not isinstance(v, bool) else None
+
+        def number(v: Any) -> float | None:
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+        def scores(v: Any) -> Scores | None:
+            return Scores(number(v.get("accuracy")), number(v.get("macro_f1"))) if isinstance(v, dict) else None
+
+        decoder = info.get("decoder")
+        return cls(text(info.get("dataset")), scores(info.get("teacher")), scores(info.get("student")),
+                   text(decoder.get("attention")) if isinstance(decoder, dict) else None)
+
+
+@dataclass(frozen=True)
 class Manifest:
     format_version: int
     model: dict[str, Any]
@@ -69,9 +107,15 @@ class Manifest:
     """Optional standard past-KV decoder (`vqinc export --decoder`), the `prefix_kv` baseline; not a stage of
     the incremental engine. Its per-layer I/O names are `%d` templates."""
 
-    @property
+    @cached_property
     def spec(self) -> ModelSpec:
+        """`model` parsed and validated, once (load_manifest parses it first, with the file's name on errors)."""
         return ModelSpec.from_dict(self.model)
+
+    @cached_property
+    def provenance(self) -> Provenance:
+        """`info`, typed."""
+        return Provenance.from_info(self.info)
 
     @property
     def full_graph(self) -> GraphSpec | None:
@@ -133,7 +177,7 @@ def load_manifest(model_dir: str | Path, check_hashes: bool = True) -> Manifest:
     if raw["fingerprint"] != expected:
         raise ModelDirError(f"{path}: fingerprint {raw['fingerprint']!r} does not match its config and weights "
                             f"({expected}): the manifest was edited or mixed with another export")
-    graphs = {name: _graph_spec(path, name, g, spec) for name, g in raw["graphs"].items()}
+    graphs = {name: _graph_spec(path, name, g) for name, g in raw["graphs"].items()}
     missing = [name for name, st in STAGES.items() if not st.optional and st.needed(spec) and name not in graphs]
     if missing:
         raise ModelDirError(f"{path}: graphs {missing} missing; present: {sorted(graphs)}")
@@ -197,7 +241,7 @@ def _nonneg_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (1 << 62)
 
 
-def _graph_spec(path: Path, name: str, g: Any, spec: ModelSpec) -> GraphSpec:
+def _graph_spec(path: Path, name: str, g: Any) -> GraphSpec:
     stage: Stage | None = STAGES.get(name)
     if stage is None:
         raise ModelDirError(f"{path}: unknown graph {name!r}; stages are {sorted(STAGES)}")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from vqinc.runtime import kernels
+from vqinc.runtime.engine import kernels
 
 F64 = npt.NDArray[np.float64]
 U32 = 2.0**-24
@@ -52,11 +52,6 @@ def attention_bounds(qnorm: F64, kmax: F64, vmax: F64, num_keys: int, head_dim: 
     theta = 2 * sigma + u * 2 * spread + EXP_ULPS * u + g + 4 * u  # exp(s − m), Σ, 1/Σ, ×
     theta = theta * (1 + 2 * theta)  # higher-order terms
     return ((theta + g * (1 + theta)) * vmax[:, None]) * (1 + 1e-6) + 1e-300, theta
-
-
-def score_error(qnorm: F64, knorm: F64, head_dim: int, scale: float) -> F64:
-    """Bound on |ŝ − s| of a float32 score scale·q·k computed as (scale·q)·k (any broadcastable shapes)."""
-    return gamma(head_dim + 2) * scale * qnorm * knorm
 
 
 class Codebook:

@@ -1,0 +1,1 @@
+"""vqinc benchmarks: run as modules from the checkout root, e.g. `python -m benchmarks.edits --quick`."""

@@ -1,0 +1,3 @@
+"""Real edit histories: the trace format and their replay through documents (shared by the CLI and the
+benchmarks).
+"""

@@ -1,0 +1,3 @@
+"""Text: incremental tokenisation (a character edit -> one token splice), the character window, content-
+defined chunking.
+"""
