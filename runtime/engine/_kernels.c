@@ -337,9 +337,10 @@ CLONES static void lazy_rows(LazyArgs *A) {
  * (den_err |o| + (den + den_err) o_err), every weight's relative error (slack - 1), float64 rounding,
  * the exact output's distance to o' through den' (vmax err' / den': the exact output is a mean of
  * values, so its norm is at most vmax) and the float32 rounding of o'. First the cheap test: the exact
- * output moves by at most sum e_x (|v_x| + vmax) / den'; if the margin covers that, o is left as it is
- * and o_err grows by the movement (no pass over dh). Otherwise o' is computed, and the code is kept while
- * margin - |o' - o| - o_err - o_err' stays above keep_eps (the exact output moved by at most that);
+ * output o* moves by at most sum e_x (|v_x| + |o*|) / den', |o*| <= min(vmax, |o| + o_err); if that is at
+ * most CHEAP_SHARE of the margin, o is left as it is and o_err grows by the movement. Otherwise o' is
+ * computed, and the code is kept while the larger of margin - |o' - o| - o_err - o_err' (the exact output
+ * moved by at most |o' - o| + o_err + o_err') and margin - movement stays above keep_eps;
  * else the row is rescored against the codebook from o': its nearest code (maybe a new one) is
  * proven when its facet distance minus o_err' is above keep_eps. A row of which any head is not
  * proven is left untouched and counted in `need`. The arrays are as the engine's state (state.py). */

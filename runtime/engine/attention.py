@@ -4,9 +4,11 @@ more), and the lazy update of rows that only see a few keys come and go.
 A row's attention state (per head) is its output o (float32) with a bound o_err on |o − exact|, m
 (reference point), den = Σ exp(s_j − m) with its bound den_err, and a margin (how far the exact output
 provably lies inside its code's Voronoi cell). When keys come and go, with weights e_x = exp(s_x − m):
-    den' = den ± Σ e_x,   o' = (den·o ± Σ e_x v_x) / den',   |o'_exact − o_exact| <= Σ e_x (|v_x| + vmax) / den'
-First the cheap test: if the margin covers that movement, o stays and o_err absorbs it; otherwise o' is
-computed and rescored against the codebook, which proves the nearest code (old or new) whenever o' lies
+    den' = den ± Σ e_x,   o' = (den·o ± Σ e_x v_x) / den',   |o'_exact − o_exact| <= Σ e_x (|v_x| + |o_exact|) / den'
+with |o_exact| <= min(vmax, |o| + o_err). First the cheap test: if that movement is at most a quarter of
+the margin, o stays and o_err absorbs it (the C kernel only; the numpy path always updates); otherwise o'
+is computed, the code kept while either margin bound (through the stored outputs, or margin − movement)
+allows, else rescored against the codebook, which proves the nearest code (old or new) whenever o' lies
 far enough inside a cell; otherwise the row is recomputed. Every float step is bounded (numerics.py,
 _kernels.c), so the proof covers the float computation, not only exact arithmetic.
 """
