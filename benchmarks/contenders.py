@@ -32,9 +32,11 @@ class OrtFull:
     def __init__(self, model: Model):
         self.model = model
 
-    def run(self, ids: np.ndarray) -> np.ndarray:
+    def run(self, ids: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        """Logits of `ids` (BOS excluded) at a fresh document's positions, or at the labels `positions`."""
         full = np.concatenate([np.asarray([self.model.bos_token_id], np.int64), ids])
-        logits, _ = self.model.run_full(full)
+        labels = None if positions is None else np.concatenate([[0], positions]).astype(np.int64)
+        logits, _ = self.model.run_full(full, labels)
         return logits[0]
 
 

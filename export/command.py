@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def export_command(checkpoint: str, out_dir: str, decoder: str | None = None, full_graph: bool = True,
-                   verify: bool = False) -> int:
+                   verify: bool = False, position_scale: int | None = None) -> int:
     """Export (with `verify`, check the graphs against PyTorch); 0 when every check passed, 1 otherwise."""
     from vqinc.export.from_dir import is_model_dir
 
@@ -27,7 +27,7 @@ def export_command(checkpoint: str, out_dir: str, decoder: str | None = None, fu
     else:
         from vqinc.export.exporter import export_model
 
-        man = export_model(checkpoint, out_dir, full_graph=full_graph)
+        man = export_model(checkpoint, out_dir, full_graph=full_graph, position_scale=position_scale)
         print(f"exported {man.spec.num_layers} layers to {out_dir} in {time.perf_counter() - t:.1f} s "
               f"(fingerprint {man.fingerprint})")
         source = checkpoint

@@ -53,22 +53,25 @@ def _jobs(model: VQTransformer, spec: ModelSpec, specs: dict[str, GraphSpec]) ->
     """(stage, layer, torch module, example args) of every graph exported from torch."""
     n = 5  # example row count; the row axis is dynamic
     ids = torch.randint(0, spec.vocab_size, (n,))
-    pos = torch.arange(n)
+    s = spec.position_scale
+    pos = torch.arange(n) * s
     x = torch.randn(n, spec.d_model)
     codes = torch.randint(0, spec.num_codes, (n, spec.num_heads))
-    jobs: list[tuple] = [("embed_qkv", None, stage_modules.EmbedQKV(model), (ids, pos))]
+    jobs: list[tuple] = [("embed_qkv", None, stage_modules.EmbedQKV(model, s), (ids, pos))]
     for i in range(spec.num_layers - 1):
-        jobs.append(("post", i, stage_modules.PostQKV(model, i), (x, codes, pos)))
+        jobs.append(("post", i, stage_modules.PostQKV(model, i, s), (x, codes, pos)))
     jobs.append(("final", None, stage_modules.Final(model), (x, codes)))
     if "qkv" in specs:
-        jobs += [("qkv", i, stage_modules.QKV(model, i), (x, pos)) for i in range(spec.num_layers)]
+        jobs += [("qkv", i, stage_modules.QKV(model, i, s), (x, pos)) for i in range(spec.num_layers)]
     jobs.append(("head", None, stage_modules.Head(model), (x[:2],)))
     if "full" in specs:
-        jobs.append(("full", None, stage_modules.Full(model), (ids,)))
+        jobs.append(("full", None, stage_modules.Full(model, s), (ids, pos)))
     return jobs
 
 
 _MODEL_SUFFIXES = (".onnx", ".data", ".json", ".npy")
+DEFAULT_POSITION_SCALE = 1 << 16
+"""Labels per position of a RoPE export: 16 insertions at one point before any row is relabelled."""
 
 
 @torch.no_grad()
@@ -79,8 +82,11 @@ def export_model(
     info: dict[str, Any] | None = None,
     show_progress: bool = True,
     external_data_bytes: int = stage_modules.EXTERNAL_DATA_BYTES,
+    position_scale: int | None = None,
 ) -> Manifest:
-    """Export a checkpoint directory (or an in-memory (model, tokenizer)) to `out_dir`."""
+    """Export a checkpoint directory (or an in-memory (model, tokenizer)) to `out_dir`. `position_scale`:
+    RoPE position labels (runtime/engine/labels.py; default `DEFAULT_POSITION_SCALE` for a RoPE model, 1
+    otherwise); 1 gives plain positions (every insertion renumbers the rows after it)."""
     if isinstance(source, (str, Path)):
         model, tok, ck_info = load_checkpoint(source)
         info = {**ck_info, **(info or {})}
@@ -88,6 +94,10 @@ def export_model(
         model, tok = source
     model = model.eval()
     model_cfg = model.cfg.to_dict()
+    if position_scale is None:
+        position_scale = DEFAULT_POSITION_SCALE if model.cfg.positions == "rope" else 1
+    if position_scale != 1:
+        model_cfg["position_scale"] = position_scale
     spec = ModelSpec.from_dict(model_cfg)
     out = Path(out_dir)
     foreign = [p for p in out.iterdir() if p.name not in ("__init__.py", "__pycache__")] if out.exists() else []

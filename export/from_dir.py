@@ -83,7 +83,9 @@ def _check_against_full(model: VQTransformer, tok: Tokenizer, root: Path, man) -
     ids = np.asarray([man.spec.bos_token_id, *tok.encode(CHECK_TEXT, add_special_tokens=False).ids], np.int64)
     sess = ort.InferenceSession(str(root / man.full_graph.file), sess_options=session_options(check_threads(None)),
                                 providers=["CPUExecutionProvider"])
-    logits, codes = sess.run(None, {"ids": ids})
+    feeds = {"ids": ids, "positions": np.arange(len(ids), dtype=np.int64) * man.spec.position_scale}
+    names = {i.name for i in sess.get_inputs()}  # full.onnx takes positions since position labels
+    logits, codes = sess.run(None, {k: v for k, v in feeds.items() if k in names})
     out = model(torch.from_numpy(ids)[None])
     diff = float(np.abs(out.logits[0].numpy() - logits[0]).max())
     flips = int((torch.stack(out.codes)[:, 0].numpy() != codes).sum())

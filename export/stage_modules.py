@@ -23,28 +23,35 @@ ROWS = torch.export.Dim("n", min=1, max=1 << 16)
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
+def rope_positions(labels: torch.Tensor, scale: int) -> torch.Tensor:
+    """What RoPE sees of a row's position label (runtime/engine/labels.py): label / scale, exact in float32
+    for a power-of-two scale; the integer labels themselves where the model has no labels (scale 1)."""
+    return labels if scale == 1 else labels.to(torch.float32) / scale
+
+
 class EmbedQKV(nn.Module):
     """ids, positions -> layer 0's input x and its q, k, v (rows that are new or whose input moved)."""
 
-    def __init__(self, m: VQTransformer):
+    def __init__(self, m: VQTransformer, scale: int = 1):
         super().__init__()
-        self.m = m
+        self.m, self.scale = m, scale
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor):
-        x = self.m.embed(ids, positions)  # (n, d)
-        return (x, *self.m.layers[0].qkv(x, positions))  # (n, H, dh), (n, Hkv, dh), (n, Hkv, dh)
+        x = self.m.embed(ids, positions)  # (n, d); positions index a table only in "learned" mode (scale 1)
+        qkv = self.m.layers[0].qkv(x, rope_positions(positions, self.scale))
+        return (x, *qkv)  # (n, H, dh), (n, Hkv, dh), (n, Hkv, dh)
 
 
 class PostQKV(nn.Module):
     """Layer l's post stage, then layer l+1's q, k, v of the same rows (one call per layer per edit)."""
 
-    def __init__(self, m: VQTransformer, layer_idx: int):
+    def __init__(self, m: VQTransformer, layer_idx: int, scale: int = 1):
         super().__init__()
-        self.block, self.next_block = m.layers[layer_idx], m.layers[layer_idx + 1]
+        self.block, self.next_block, self.scale = m.layers[layer_idx], m.layers[layer_idx + 1], scale
 
     def forward(self, x: torch.Tensor, codes: torch.Tensor, positions: torch.Tensor):
         x_out = self.block.post_codes(x, codes)  # (n, d)
-        return (x_out, *self.next_block.qkv(x_out, positions))
+        return (x_out, *self.next_block.qkv(x_out, rope_positions(positions, self.scale)))
 
 
 class Final(nn.Module):
@@ -61,12 +68,12 @@ class Final(nn.Module):
 class QKV(nn.Module):
     """Norm + projections (+ RoPE) of one layer: rows whose position moved but whose input did not."""
 
-    def __init__(self, m: VQTransformer, layer_idx: int):
+    def __init__(self, m: VQTransformer, layer_idx: int, scale: int = 1):
         super().__init__()
-        self.block = m.layers[layer_idx]
+        self.block, self.scale = m.layers[layer_idx], scale
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor):
-        return self.block.qkv(x, positions)  # (n, H, dh), (n, Hkv, dh), (n, Hkv, dh)
+        return self.block.qkv(x, rope_positions(positions, self.scale))  # (n, H, dh), (n, Hkv, dh), (n, Hkv, dh)
 
 
 class Head(nn.Module):
@@ -81,19 +88,20 @@ class Head(nn.Module):
 
 
 class Full(nn.Module):
-    """The monolithic graph: ids (n,) -> logits (1, C), codes (L, n, H). Same math as the stages."""
+    """The monolithic graph: ids (n,), positions (n,) -> logits (1, C), codes (L, n, H). Same math as the
+    stages; `positions` are the rows' position labels (0 .. n-1 times the scale for a fresh document)."""
 
-    def __init__(self, m: VQTransformer):
+    def __init__(self, m: VQTransformer, scale: int = 1):
         super().__init__()
-        self.m = m
+        self.m, self.scale = m, scale
 
-    def forward(self, ids: torch.Tensor):
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor):
         m = self.m
-        positions = torch.arange(ids.shape[0], device=ids.device)
         x = m.embed(ids, positions)
+        rope_pos = rope_positions(positions, self.scale)
         codes = []
         for block in m.layers:
-            q, k, v = block.qkv(x, positions)
+            q, k, v = block.qkv(x, rope_pos)
             c = block.vq.encode(causal_attention(q, k, v))
             codes.append(c)
             x = block.post_codes(x, c)

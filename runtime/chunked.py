@@ -153,6 +153,11 @@ class ChunkedDocument(DocumentOutputs):
         with self._lock:
             return [d.logits for d in self._docs]
 
+    def chunk_positions(self) -> list[np.ndarray]:
+        """Per chunk, its tokens' position labels, as `Document.positions` (each chunk labels itself)."""
+        with self._lock:
+            return [d.positions for d in self._docs]
+
     def nbytes(self) -> int:
         """Memory held by the chunks' incremental states."""
         with self._lock:
@@ -393,6 +398,8 @@ def _combine(model: Model, parts: list[EditStats], doc: ChunkedDocument, head_ma
     st.near_ties = sum(p.near_ties for p in parts)
     st.canonical_rows = sum(p.canonical_rows for p in parts)
     st.dense_layers = sum(p.dense_layers for p in parts)
+    st.relabelled = sum(p.relabelled for p in parts)
+    st.compacted = any(p.compacted for p in parts)
     st.graph_calls = sum(p.graph_calls for p in parts) + (1 if head_macs else 0)
     st.num_chunks = len(doc._docs)
     return st

@@ -97,7 +97,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     _need_export_extra()
     from vqinc.export.command import export_command
 
-    return export_command(a.checkpoint, a.out_dir, decoder=a.decoder, full_graph=not a.no_full, verify=a.verify)
+    return export_command(a.checkpoint, a.out_dir, decoder=a.decoder, full_graph=not a.no_full, verify=a.verify,
+                          position_scale=a.position_scale)
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -307,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--verify", action="store_true", help="check graphs vs PyTorch on sample texts (and the decoder "
                                                          "vs full.onnx)")
     e.add_argument("--no-full", action="store_true", help="skip the monolithic full-model graph")
+    e.add_argument("--position-scale", type=int, default=None, metavar="S",
+                   help="RoPE models: position labels per position (a power of two; default 65536: an insertion "
+                        "keeps the labels of the rows after it); 1: plain positions")
     e.add_argument("--decoder", nargs="?", const="auto", default=None, choices=("auto", "gqa", "mha", "plain"),
                    help="also write decoder.onnx, a standard past-KV decoder (the prefix-KV baseline); attention "
                         "kind, default auto: ORT's GroupQueryAttention where it applies")

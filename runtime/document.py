@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vqinc.runtime.engine.labels import check_labels
 from vqinc.runtime.engine.propagate import EditStats
 from vqinc.runtime.engine.state import DocState
 from vqinc.runtime.model_dir import softmax
@@ -112,7 +113,7 @@ class DocumentOutputs:
 class Document(DocumentOutputs):
     """Incrementally classified text. Create with `model.document(text)`."""
 
-    def __init__(self, model: Model, text: str = "", _ids: list[int] | None = None):
+    def __init__(self, model: Model, text: str = "", _ids: list[int] | None = None, positions: object = None):
         self.model = model
         self.history: deque[EditStats] = deque(maxlen=HISTORY)
         self._lock = threading.RLock()
@@ -122,8 +123,9 @@ class Document(DocumentOutputs):
         else:
             self._tok, ids = None, list(_ids)
         self._check_length(len(ids))
-        self._pending: list[int] | None = None  # ids to rebuild from, after a failed edit and restore
-        self._state = self._build(ids)
+        labels = self._check_positions(positions, len(ids))
+        self._pending: tuple[list[int], np.ndarray | None] | None = None  # what to rebuild from after a failed restore
+        self._state = self._build(ids, labels)
 
     # -- public state ------------------------------------------------------------------------
     @property
@@ -141,6 +143,25 @@ class Document(DocumentOutputs):
     def logits(self) -> np.ndarray:
         with self._lock:
             return self._live().logits.copy()
+
+    @property
+    def positions(self) -> np.ndarray:
+        """The position label of each token (BOS excluded; BOS is 0), strictly increasing. With RoPE
+        position labels (runtime/engine/labels.py) edits leave gaps and fractional spacing; without them
+        (and for a fresh document) they are 1, 2, ... times `model.spec.position_scale`."""
+        with self._lock:
+            st = self._live()
+            return st.labels[st.order[1:]].copy()
+
+    def compact(self) -> EditStats:
+        """Relabel every token 1, 2, ... times the scale (a fresh build of the same text): what the
+        document does by itself when its labels have no room left. In RoPE mode every row is recomputed."""
+        with self._lock:
+            ids = self._live().ids[1:].tolist()
+            state = self._build(ids)
+            self._state = state
+            self.history[-1].compacted = True
+            return self.history[-1]
 
     @property
     def codes(self) -> np.ndarray:
@@ -189,8 +210,8 @@ class Document(DocumentOutputs):
     def _live(self) -> DocState:
         """The numeric state, rebuilt first if a failed edit could not restore it (e.g. a lost device)."""
         if self._pending is not None:
-            ids, n_hist = self._pending, len(self.history)
-            self._state = self._build(ids)
+            (ids, labels), n_hist = self._pending, len(self.history)
+            self._state = self._build(ids, labels)
             while len(self.history) > n_hist:
                 self.history.pop()
             self._pending = None
@@ -226,10 +247,29 @@ class Document(DocumentOutputs):
             raise ValueError(f"the document would be {n} tokens; this model takes at most "
                              f"{self.model.max_tokens} (model.document(text, chunked=True) takes any length)")
 
-    def _build(self, ids: list[int]) -> DocState:
+    def _check_positions(self, positions: object, n: int) -> np.ndarray | None:
+        """`positions` (one label per token, BOS excluded) as the labels of every row; None: fresh labels."""
+        if positions is None:
+            return None
+        spec = self.model.spec
+        if not spec.labelled:
+            raise ValueError("positions= needs a RoPE model exported with position labels (position_scale > 1); "
+                             f"this one has positions {spec.positions!r}, position_scale {spec.position_scale}")
+        a = np.asarray(positions)
+        if a.ndim != 1 or len(a) != n:
+            raise ValueError(f"positions must be one label per token ({n}), got shape {a.shape}")
+        return check_labels(np.concatenate([np.zeros(1, a.dtype), a]), n + 1, spec.label_limit)
+
+    def _saved_labels(self) -> np.ndarray | None:
+        """Every row's position label where the model has labels (a rebuild must keep them), else None."""
+        st = self._state
+        return st.labels[st.order].copy() if self.model.spec.labelled else None
+
+    def _build(self, ids: list[int], labels: np.ndarray | None = None) -> DocState:
         m = self.model
         state = DocState.empty(m.spec, cap=max(64, len(ids) + 1 + (len(ids) + 1) // 8))
-        self.history.append(plain_fields(m.engine.apply(state, 0, 0, np.asarray([m.bos_token_id, *ids], np.int64))))
+        stats = m.engine.apply(state, 0, 0, np.asarray([m.bos_token_id, *ids], np.int64), labels)
+        self.history.append(plain_fields(stats))
         return state
 
     @staticmethod
@@ -245,13 +285,13 @@ class Document(DocumentOutputs):
             else:
                 work.append((i, d, p))
         if work:
-            before = [(d, d._state.ids[1:].tolist(), d._tok) for _, d, _ in work]
+            before = [(d, (d._state.ids[1:].tolist(), d._saved_labels()), d._tok) for _, d, _ in work]
             try:
                 done = model.engine.apply_many([(d._state, p.pos + 1, p.n_delete, np.asarray(p.ids, np.int64))
                                                 for _, d, p in work])
             except BaseException:
-                for d, ids, tok in before:  # restore exactly the previous documents, then report
-                    d._tok, d._pending = tok, ids
+                for d, saved, tok in before:  # restore exactly the previous documents, then report
+                    d._tok, d._pending = tok, saved
                     try:
                         d._live()
                     except BaseException:  # the rebuild failed too: it is retried on the next access

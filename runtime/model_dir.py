@@ -124,12 +124,14 @@ class Model:
         return self.executor.providers_in_use()
 
     # -- documents ---------------------------------------------------------------------------
-    def document(self, text: str = "", chunked: bool | None = None,
-                 chunking: ChunkConfig | None = None) -> Document | ChunkedDocument:
+    def document(self, text: str = "", chunked: bool | None = None, chunking: ChunkConfig | None = None,
+                 positions: Sequence[int] | None = None) -> Document | ChunkedDocument:
         """A new incremental document holding `text`. `chunked`: None (default) gives a plain `Document` when
         the text fits the model's window and a `ChunkedDocument` (any length) when it does not; True always
         a `ChunkedDocument` (for a document that may grow past the window: editors, replays); False always a
-        plain `Document` (a longer text is refused). `chunking`: where a ChunkedDocument cuts its text."""
+        plain `Document` (a longer text is refused). `chunking`: where a ChunkedDocument cuts its text.
+        `positions`: the position label of each token (a plain `Document` of a model with RoPE position
+        labels): a fresh build equal to an edited document with these labels (`doc.positions`)."""
         from vqinc.runtime.chunked import ChunkedDocument
         from vqinc.runtime.document import Document, check_text
         from vqinc.runtime.text.chunking import ChunkConfig
@@ -142,13 +144,18 @@ class Model:
             check_text(text)
             fits = len(self.tokenizer.encode(text, add_special_tokens=False).ids) + 1 <= self.max_positions
             chunked = not fits
+        if positions is not None:
+            if chunked:
+                raise ValueError("positions= builds a plain Document (chunked=False): a ChunkedDocument labels "
+                                 "each chunk itself")
+            return Document(self, text, positions=positions)
         return ChunkedDocument(self, text, chunking) if chunked else Document(self, text)
 
-    def document_ids(self, ids: Sequence[int]) -> Document:
-        """A document built from token ids (BOS excluded) rather than text."""
+    def document_ids(self, ids: Sequence[int], positions: Sequence[int] | None = None) -> Document:
+        """A document built from token ids (BOS excluded) rather than text (`positions`: see `document`)."""
         from vqinc.runtime.document import Document, check_ids
 
-        return Document(self, "", _ids=check_ids(ids, self.vocab_size))
+        return Document(self, "", _ids=check_ids(ids, self.vocab_size), positions=positions)
 
     def edit_many(self, edits: Sequence[tuple[Document | ChunkedDocument, int, int, str]]) -> list[EditStats]:
         """Apply character edits `(document, start, end, text)` to several documents, sharing the
@@ -174,9 +181,13 @@ class Model:
         logits, codes = self.run_full(self.encode_ids(text))
         return logits[0], codes
 
-    def run_full(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """full.onnx on token ids (BOS first): (logits (1, C), codes (L, n, H))."""
-        logits, codes = self.executor.run("full", ids=np.asarray(ids, np.int64))
+    def run_full(self, ids: np.ndarray, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """full.onnx on token ids (BOS first) at position labels `positions` (BOS first; default: a fresh
+        document's): (logits (1, C), codes (L, n, H))."""
+        ids = np.asarray(ids, np.int64)
+        if positions is None:
+            positions = np.arange(len(ids), dtype=np.int64) * self.spec.position_scale
+        logits, codes = self.executor.run("full", ids=ids, positions=np.asarray(positions, np.int64))
         return logits, codes
 
     def encode_ids(self, text: str) -> np.ndarray:

@@ -30,12 +30,16 @@ CORPUS = (
     "Backwards compatibility is preserved: nothing that parses today changes meaning tomorrow.\n"
 )
 
-# (family, positions, num_kv_heads): every positional mode, both architectures, GQA included.
+# (family, positions, num_kv_heads): every positional mode, both architectures, GQA included. "llama-rope"
+# is exported with position labels (the default for RoPE), "llama-rope-plain" without (position_scale 1:
+# an insertion renumbers the rows after it, as models exported before labels do).
 CONFIGS = {
     "llama-none": ("llama", "none", 2),
     "llama-rope": ("llama", "rope", 2),
+    "llama-rope-plain": ("llama", "rope", 2),
     "opt-learned": ("opt", "learned", 4),
 }
+POSITION_SCALE = {"llama-rope-plain": 1}
 
 
 @dataclass
@@ -91,7 +95,7 @@ def exported(tmp_path_factory, tokenizer) -> dict[str, Exported]:
     for name, (family, positions, kv) in CONFIGS.items():
         model = make_tiny_model(family, positions, kv, tokenizer.get_vocab_size())
         d = tmp_path_factory.mktemp(name)
-        export_model((model, tokenizer), d, show_progress=False)
+        export_model((model, tokenizer), d, show_progress=False, position_scale=POSITION_SCALE.get(name))
         out[name] = Exported(name, model, tokenizer, d)
     return out
 

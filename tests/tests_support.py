@@ -19,8 +19,9 @@ WORDS = ["the", " proposal", " film", " ", "  ", ",", ".", "\n", "é", "日本",
 
 
 def assert_same_as_fresh(model, doc) -> None:
-    """doc (after edits) == model.document(doc.text): tokens, codes exactly; logits within 1e-4."""
-    ref = model.document(doc.text)
+    """doc (after edits) == model.document(doc.text) with the same position labels (a RoPE model with
+    labels; runtime/engine/labels.py): tokens, codes exactly; logits within 1e-4."""
+    ref = model.document(doc.text, positions=doc.positions if model.spec.labelled else None)
     assert doc.token_ids.tolist() == ref.token_ids.tolist()
     flips = int((doc.codes != ref.codes).sum())
     assert flips == 0, f"{flips} codes differ from a fresh run"
@@ -56,7 +57,7 @@ def assert_same_as_full(model, doc, ids: list[int] | None = None) -> None:
     if ids is None:
         ids = model.tokenizer.encode(doc.text, add_special_tokens=False).ids
     assert doc.token_ids.tolist() == list(ids), "tokens differ from tokenizing the whole text"
-    logits, codes = _run_full(model, ids)
+    logits, codes = _run_full(model, ids, doc.positions)
     assert codes.shape == doc.codes.shape, (codes.shape, doc.codes.shape)
     flips = int((doc.codes != codes).sum())
     assert flips == 0, f"{flips} codes differ from full.onnx"
@@ -69,9 +70,15 @@ def full_onnx_logits(model, text: str) -> np.ndarray | None:
     return _run_full(model, ids)[0] if len(ids) < model.max_positions else None
 
 
-def _run_full(model, ids) -> tuple[np.ndarray, np.ndarray]:
-    logits, codes = _full_session(model).run(["logits", "codes"],
-                                             {"ids": np.asarray([model.bos_token_id, *ids], np.int64)})
+def _run_full(model, ids, positions=None) -> tuple[np.ndarray, np.ndarray]:
+    """full.onnx on `ids` (BOS excluded) at `positions` (one label per token; default a fresh document's)."""
+    session = _full_session(model)
+    ids = np.asarray([model.bos_token_id, *ids], np.int64)
+    if positions is None:
+        positions = np.arange(1, len(ids), dtype=np.int64) * model.spec.position_scale
+    feeds = {"ids": ids, "positions": np.asarray([0, *positions], np.int64)}
+    names = {i.name for i in session.get_inputs()}
+    logits, codes = session.run(["logits", "codes"], {k: v for k, v in feeds.items() if k in names})
     return logits[0], codes
 
 
@@ -79,10 +86,11 @@ def assert_chunks_same_as_full(model, doc) -> None:
     """`assert_same_as_full` for a ChunkedDocument, chunk by chunk: each chunk's codes and logits against
     full.onnx on that chunk's text. (The document's own logits, the head of the token-weighted mean of the
     chunks' pooled vectors, have no full.onnx counterpart.)"""
-    for k, (c, codes, logits) in enumerate(zip(doc.chunks, doc.chunk_codes(), doc.chunk_logits(), strict=True)):
+    chunks = zip(doc.chunks, doc.chunk_codes(), doc.chunk_logits(), doc.chunk_positions(), strict=True)
+    for k, (c, codes, logits, positions) in enumerate(chunks):
         ids = model.tokenizer.encode(doc.text[c.start:c.end], add_special_tokens=False).ids
         assert len(ids) == c.num_tokens, f"chunk {k}: {c.num_tokens} tokens, tokenizing its text gives {len(ids)}"
-        f_logits, f_codes = _run_full(model, ids)
+        f_logits, f_codes = _run_full(model, ids, positions)
         assert f_codes.shape == codes.shape, (k, f_codes.shape, codes.shape)
         flips = int((f_codes != codes).sum())
         assert flips == 0, f"chunk {k}: {flips} codes differ from full.onnx"

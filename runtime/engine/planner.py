@@ -2,7 +2,8 @@
 arrays; it runs no graph, so it is unit-tested without ONNX Runtime.
 
 For one layer, given the rows whose layer input changed:
-  dirty      rows whose q, k, v change (changed inputs; in "rope" mode also rows whose position moved);
+  dirty      rows whose q, k, v change (changed inputs; in "rope" mode also rows whose RoPE position changed:
+             every row after an insertion or deletion, or with position labels only the relabelled ones);
              their keys change for every later query, and their own attention is recomputed in full
   lazy       unchanged queries that see a changed key: their attention summary is updated in place,
              and they are recomputed only if their code might change
@@ -16,7 +17,7 @@ sitting at the edit position, so every query after the edit saw it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +38,9 @@ class EditShape:
     """Slots of the deleted rows (their old k, v still readable during the edit)."""
     moved_slots: I64
     """Rows whose position index changed (after an insertion or deletion of a different length)."""
+    relabelled: I64 = field(default_factory=lambda: EMPTY)
+    """Rows whose RoPE position changed: `moved_slots` without position labels; with them only the rows
+    an insertion relabelled (labels.py), usually none."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ def plan_layer(pos: I64, order: I64, changed: I64, edit: EditShape, positions: s
     """Plan one layer. `pos` (cap,) is the position of each slot (-1 free), `order` (n,) the slot of each
     position, `changed` the rows whose layer input changed (sorted), `is_new` (cap,) marks rows the edit
     inserted, `need_rate` the expected fraction of lazy queries per changed key that end up recomputed."""
-    moved = edit.moved_slots if positions == "rope" else EMPTY
+    moved = edit.relabelled if positions == "rope" else EMPTY
     if len(moved):
         dirty = np.union1d(changed, moved).astype(np.int64)
         qkv = moved[~np.isin(moved, changed)]
@@ -100,4 +104,4 @@ def edit_shape(order_before: I64, row: int, n_delete: int, new_slots: I64, order
     """The `EditShape` of replacing positions [row, row + n_delete) of `order_before` by `new_slots`."""
     deleted = order_before[row:row + n_delete].copy()
     moved = order_after[row + len(new_slots):] if len(new_slots) != n_delete else EMPTY
-    return EditShape(row, new_slots, deleted, moved)
+    return EditShape(row, new_slots, deleted, moved, moved)

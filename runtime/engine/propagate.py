@@ -17,12 +17,13 @@ run in one call (`apply_many`); attention rows are per document (each has its ow
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from vqinc.runtime.engine.attention import KeyDelta, lazy_update, recompute_rows
+from vqinc.runtime.engine.labels import Relabel, fresh_labels, place
 from vqinc.runtime.engine.numerics import Codebook
 from vqinc.runtime.engine.planner import EMPTY, EditShape, LayerPlan, edit_shape, plan_layer
 from vqinc.runtime.engine.state import DocState
@@ -55,6 +56,10 @@ class EditStats:
     """Layers where so much changed that every later query was recomputed."""
     graph_calls: int = 0
     wall_ms: float = 0.0
+    relabelled: int = 0
+    """Existing rows given new position labels (RoPE models with labels; their q and k were recomputed)."""
+    compacted: bool = False
+    """Every row was relabelled (the labels had no room left, or `doc.compact()`)."""
 
     @property
     def savings(self) -> float:
@@ -88,12 +93,14 @@ class Engine:
         self.codebooks = [Codebook(c) for c in codebooks]
         self.macs = stage_macs(spec)
 
-    def apply(self, state: DocState, row: int, n_delete: int, new_ids: I64) -> EditStats:
-        """Replace rows [row, row + n_delete) by `new_ids`; validation is the caller's job."""
-        return self.apply_many([(state, row, n_delete, new_ids)])[0]
+    def apply(self, state: DocState, row: int, n_delete: int, new_ids: I64, labels: I64 | None = None) -> EditStats:
+        """Replace rows [row, row + n_delete) by `new_ids`; validation is the caller's job. `labels`: the
+        position labels of every row, for a build (an empty `state`) with given labels."""
+        return self.apply_many([(state, row, n_delete, new_ids, labels)])[0]
 
-    def apply_many(self, edits: list[tuple[DocState, int, int, I64]]) -> list[EditStats]:
-        """Apply one splice to each of several distinct documents, sharing the row-wise graph calls."""
+    def apply_many(self, edits: list[tuple]) -> list[EditStats]:
+        """Apply one splice `(state, row, n_delete, new_ids[, labels])` to each of several distinct
+        documents, sharing the row-wise graph calls."""
         t0, calls0 = time.perf_counter(), self.executor.calls
         jobs = [self._start(*e) for e in edits]
         self._embed(jobs)
@@ -111,7 +118,7 @@ class Engine:
         return [job.stats for job in jobs]
 
     # -- set-up ------------------------------------------------------------------------------
-    def _start(self, st: DocState, row: int, n_delete: int, new_ids: I64) -> _Job:
+    def _start(self, st: DocState, row: int, n_delete: int, new_ids: I64, labels: I64 | None = None) -> _Job:
         new_ids = np.asarray(new_ids, np.int64)
         s = len(new_ids)
         new_slots = st.alloc(s)
@@ -122,9 +129,16 @@ class Engine:
         st.pos[shape.deleted_slots] = -1  # invisible as keys from now on; readable until released
         end = st.n if s != n_delete else row + s  # positions that changed
         st.pos[st.order[row:end]] = np.arange(row, end)
+        relabel = self._label(st, row, s, labels)
+        if relabel is not None:
+            shape = replace(shape, relabelled=st.order[relabel.moved])
+        else:
+            st.labels[st.order[row:end]] = np.arange(row, end)
         is_new = np.zeros(st.capacity, bool)
         is_new[new_slots] = True
         stats = EditStats(n_delete, s, st.n - 1, {k: [] for k in INCREMENTAL_ROWS})
+        if relabel is not None:
+            stats.relabelled, stats.compacted = len(relabel.moved), relabel.compacted
         job = _Job(st, shape, stats, is_new)
         if self.spec.positions == "learned" and len(shape.moved_slots):  # absolute positions are inputs
             job.changed = np.union1d(new_slots, shape.moved_slots).astype(np.int64)
@@ -132,13 +146,28 @@ class Engine:
             job.changed = np.sort(new_slots)
         return job
 
+    def _label(self, st: DocState, row: int, k: int, labels: I64 | None) -> Relabel | None:
+        """Position labels of the inserted rows (given, or placed by labels.py); None without labels."""
+        spec = self.spec
+        if not spec.labelled:
+            return None
+        if labels is not None:  # a build with given labels (every row new)
+            st.labels[st.order] = labels
+            return Relabel(labels, EMPTY, False)
+        if st.n == k:  # a fresh document
+            relabel = Relabel(fresh_labels(st.n, spec.position_scale), EMPTY, False)
+        else:
+            relabel = place(st.labels[st.order], max(row, 1), k, spec.position_scale, spec.label_limit)
+        st.labels[st.order] = relabel.labels
+        return relabel
+
     def _embed(self, jobs: list[_Job]) -> None:
         """Layer 0's input and q, k, v of new rows (and, with learned positions, shifted rows)."""
         todo = [j for j in jobs if len(j.changed)]
         if not todo:
             return
         ids = np.concatenate([j.state.ids[j.state.pos[j.changed]] for j in todo])
-        positions = np.concatenate([j.state.pos[j.changed] for j in todo])
+        positions = np.concatenate([j.state.labels[j.changed] for j in todo])
         x, q, k, v = self.executor.run("embed_qkv", ids=ids, positions=positions)
         for j, sl in zip(todo, _splits(todo), strict=True):
             j.state.layers[0].x[j.changed] = x[sl]
@@ -208,7 +237,7 @@ class Engine:
         rows, parts = job.changed, job.pending if job.pending is not None else _empty_qkv(self.spec)
         if len(plan.qkv):
             st = job.state
-            moved = self.executor.run("qkv", li, x=st.layers[li].x[plan.qkv], positions=st.pos[plan.qkv])
+            moved = self.executor.run("qkv", li, x=st.layers[li].x[plan.qkv], positions=st.labels[plan.qkv])
             job.stats.macs += len(plan.qkv) * self.macs["qkv"].per_row
             rows = np.concatenate([rows, plan.qkv])
             parts = tuple(np.concatenate([a, b]) for a, b in zip(parts, moved, strict=True))
@@ -259,7 +288,7 @@ class Engine:
                 self._pool(j, y[sl])
                 j.stats.macs += len(j.changed) * self.macs["final"].per_row
             return
-        positions = _gather([j.state.pos for j in todo], todo)
+        positions = _gather([j.state.labels for j in todo], todo)
         out, q, k, v = self.executor.run("post", li, x=x, codes=codes, positions=positions)
         for j, sl in zip(todo, _splits(todo), strict=True):
             nxt = j.state.layers[li + 1].x

@@ -78,6 +78,7 @@ class DocState:
     ids: I64  # (n,) token ids in position order, BOS first
     order: I64  # (n,) slot of each position
     pos: I64  # (cap,) position of each slot, -1 if the slot is free
+    labels: I64  # (cap,) RoPE label of each slot (labels.py); equal to pos where the model has none
     free: list[int]  # free slots, popped from the end (lowest slot first for a fresh document)
     layers: list[LayerState]
     y: np.ndarray  # (cap, d) f32 final-norm rows (the head pools them)
@@ -93,6 +94,7 @@ class DocState:
     def empty(cls, spec: ModelSpec, cap: int = 64) -> DocState:
         return cls(
             ids=np.zeros(0, np.int64), order=np.zeros(0, np.int64), pos=np.full(cap, -1, np.int64),
+            labels=np.zeros(cap, np.int64),
             free=list(range(cap - 1, -1, -1)), layers=[LayerState.empty(cap, spec) for _ in range(spec.num_layers)],
             y=np.zeros((cap, spec.d_model), np.float32), pooled_sum=np.zeros(spec.d_model),
             logits=np.zeros(spec.num_labels, np.float32),
@@ -119,6 +121,7 @@ class DocState:
             y[:old] = self.y
             self.y = y
             self.pos = np.concatenate([self.pos, np.full(cap - old, -1, np.int64)])
+            self.labels = np.concatenate([self.labels, np.zeros(cap - old, np.int64)])
             self.free = list(range(cap - 1, old - 1, -1)) + self.free
         if count == 0:
             return np.zeros(0, np.int64)
@@ -150,11 +153,15 @@ class DocState:
         y = np.zeros((cap, self.y.shape[1]), np.float32)
         y[:n] = self.y[order]
         self.y = y
+        labels = np.zeros(cap, np.int64)
+        labels[:n] = self.labels[order]
+        self.labels = labels
         self.order = np.arange(n, dtype=np.int64)
         self.pos = np.concatenate([np.arange(n, dtype=np.int64), np.full(cap - n, -1, np.int64)])
         self.free = list(range(cap - 1, n - 1, -1))
 
     def nbytes(self) -> int:
         """Memory held by the document's arrays (capacity included)."""
-        total = sum(getattr(self, f).nbytes for f in ("ids", "order", "pos", "y", "pooled_sum", "kmax", "vmax"))
+        arrays = ("ids", "order", "pos", "labels", "y", "pooled_sum", "kmax", "vmax")
+        total = sum(getattr(self, f).nbytes for f in arrays)
         return total + sum(getattr(layer, f.name).nbytes for layer in self.layers for f in fields(layer))

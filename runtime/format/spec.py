@@ -17,6 +17,7 @@ MAX_WIDTH = 1 << 16
 MAX_POSITIONS = 1 << 20
 MAX_VOCAB = 1 << 24
 MAX_LABELS = 1 << 16
+MAX_POSITION_SCALE = 1 << 20
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,19 @@ class ModelSpec:
     labels: tuple[str, ...]
     residual_vq: bool = False
     residual_heads: int = 0
+    position_scale: int = 1
+    """RoPE position labels (runtime/engine/labels.py): graphs take integer labels and RoPE sees
+    label / position_scale. 1: plain positions, every insertion renumbers the rows after it."""
+
+    @property
+    def labelled(self) -> bool:
+        """Does an insertion keep the labels of the rows after it (RoPE with position_scale > 1)?"""
+        return self.position_scale > 1
+
+    @property
+    def label_limit(self) -> int:
+        """Largest label a document may carry (beyond it, a compaction)."""
+        return 2 * self.max_positions * self.position_scale
 
     @property
     def head_dim(self) -> int:
@@ -84,6 +98,7 @@ class ModelSpec:
             labels=_labels(model),
             residual_vq=_bool(vq, "residual", "vq.") if "residual" in vq else False,
             residual_heads=_int(vq, "residual_heads", 1, MAX_WIDTH, "vq.") if vq.get("residual") else 0,
+            position_scale=_int(model, "position_scale", 1, MAX_POSITION_SCALE, "") if "position_scale" in model else 1,
         )
         spec._check_consistency()
         return spec
@@ -99,6 +114,10 @@ class ModelSpec:
                               f"[0, {self.vocab_size})")
         if self.positions == "learned" and self.family != "opt":
             raise ConfigError("positions 'learned' needs family 'opt' (a learned position table)")
+        if self.position_scale & (self.position_scale - 1):
+            raise ConfigError(f"position_scale {self.position_scale} is not a power of two")
+        if self.position_scale > 1 and self.positions != "rope":
+            raise ConfigError(f"position_scale {self.position_scale} needs positions 'rope' (labels are RoPE's)")
         if self.residual_vq and self.d_model % self.residual_heads:
             raise ConfigError(f"arch.d_model {self.d_model} is not a multiple of vq.residual_heads "
                               f"{self.residual_heads}")

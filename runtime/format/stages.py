@@ -12,7 +12,7 @@ names. Graph layouts (ARCHITECTURE.md has the shapes):
   qkv[l]      x, positions              -> q, k, v          rope only: rows whose position moved
   head        pooled                    -> logits           one row per document
   refine      q, k, v, qpos, kpos       -> o, m, den        the same rows in float64: rows float32 cannot decide
-  full        ids                       -> logits, codes    the monolithic model (baselines, verification)
+  full        ids, positions            -> logits, codes    the monolithic model (baselines, verification)
 """
 
 from __future__ import annotations
@@ -75,8 +75,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("refine", "refine.onnx", "global", ("q", "k", "v", "qpos", "kpos"), ("o", "m", "den"),
           (("q", ("H", "R", "dh")), ("k", ("Hkv", "C", "dh")), ("v", ("Hkv", "C", "dh")), ("qpos", ("R",)),
            ("kpos", ("C",)), ("o", ("H", "R", "dh")), ("m", ("H", "R")), ("den", ("H", "R")))),
-    Stage("full", "full.onnx", "global", ("ids",), ("logits", "codes"),
-          (("ids", ("R",)), ("logits", ("one", "labels")), ("codes", ("L", "R", "H"))), optional=True,
+    Stage("full", "full.onnx", "global", ("ids", "positions"), ("logits", "codes"),
+          (("ids", ("R",)), ("positions", ("R",)), ("logits", ("one", "labels")), ("codes", ("L", "R", "H"))),
+          optional=True,
           indexes=(("ids", "vocab_size"),)),
 )}
 """Every stage, by name."""

@@ -151,8 +151,8 @@ def replay_trace(
             summary.edits.append(st)
             macs, full = macs + st.macs, full + st.full_macs
         assert doc.text == text[win.start:win.end], "window drifted from the text"
-        if check:  # the core invariant, on real histories: incremental == from scratch
-            fresh = model.document(doc.text)
+        if check:  # the core invariant, on real histories: incremental == from scratch (same labels)
+            fresh = model.document(doc.text, positions=doc.positions if model.spec.labelled else None)
             summary.checked_revisions += 1
             summary.code_flips += int((fresh.codes != doc.codes).sum())
             summary.max_logit_diff = max(summary.max_logit_diff, float(np.abs(fresh.logits - doc.logits).max()))
@@ -185,11 +185,16 @@ def _replay_whole(model: Model, trace: Trace, summary: ReplaySummary,
             summary.checked_revisions += 1
             if fresh.bounds != doc.bounds:
                 raise AssertionError(f"{trace.doc_id} rev {rev.id}: chunks differ from a fresh chunking")
-            summary.code_flips += sum(int((a != b).sum()) for a, b in zip(fresh.chunk_codes(), doc.chunk_codes(),
-                                                                          strict=True))
-            diffs = [np.abs(a - b).max() for a, b in zip(fresh.chunk_logits(), doc.chunk_logits(), strict=True)]
-            summary.max_logit_diff = max(summary.max_logit_diff, float(np.abs(fresh.logits - doc.logits).max()),
-                                         *map(float, diffs))
+            if model.spec.labelled:  # each chunk against a fresh build of its text with its labels
+                refs = [model.document(doc.text[c.start:c.end], positions=p, chunked=False)
+                        for c, p in zip(doc.chunks, doc.chunk_positions(), strict=True)]
+                codes, logits = [r.codes for r in refs], [r.logits for r in refs]
+            else:
+                codes, logits = fresh.chunk_codes(), fresh.chunk_logits()
+                summary.max_logit_diff = max(summary.max_logit_diff, float(np.abs(fresh.logits - doc.logits).max()))
+            summary.code_flips += sum(int((a != b).sum()) for a, b in zip(codes, doc.chunk_codes(), strict=True))
+            diffs = [np.abs(a - b).max() for a, b in zip(logits, doc.chunk_logits(), strict=True)]
+            summary.max_logit_diff = max(summary.max_logit_diff, *map(float, diffs))
         res = RevisionResult(trace.doc_id, str(rev.id), len(rev.edits), doc.label, float(doc.probs.max()),
                              (time.perf_counter() - t0) * 1e3, macs, full, doc.num_tokens, prev_label,
                              len(doc.bounds) - 1)
