@@ -66,6 +66,8 @@ class EditedBatch:
     ids: torch.Tensor  # (B, T') int64, BOS first
     mask: torch.Tensor  # (B, T') bool
     source: torch.Tensor  # (B, T') int64: original position of each edited position after the edit, else -1
+    edits: tuple[TokenEdit | None, ...] = ()
+    """The edit of each row (None: the row was too short to edit)."""
 
 
 def edited_batch(rows: list[list[int]], bos: int, rng: random.Random, max_tokens: int, max_len: int
@@ -75,14 +77,16 @@ def edited_batch(rows: list[list[int]], bos: int, rng: random.Random, max_tokens
     `source[b, j] = i` when edited position j shows the same token as original position i and lies
     after the edit (positions before it are computed identically under causal masking: no loss there).
     """
-    edited, sources = [], []
+    edited, sources, edits = [], [], []
     for ids in rows:
         ids = ids[: max_len - 1]
         if len(ids) < 2:  # nothing to align after an edit: keep the row, no loss on it
             edited.append([bos, *ids])
             sources.append([-1] * (len(ids) + 1))
+            edits.append(None)
             continue
         e = random_edit(ids, rng, max_tokens)
+        edits.append(e)
         new = e.apply(ids)[: max_len - 1]
         shift = len(e.insert) - e.delete
         after = e.start + len(e.insert)  # first edited token index (without BOS) after the inserted span
@@ -101,7 +105,7 @@ def edited_batch(rows: list[list[int]], bos: int, rng: random.Random, max_tokens
         ids_t[b, : len(r)] = torch.tensor(r)
         mask[b, : len(r)] = True
         source[b, : len(s)] = torch.tensor(s)
-    return EditedBatch(ids_t, mask, source)
+    return EditedBatch(ids_t, mask, source, tuple(edits))
 
 
 def stability_loss(attn: list[torch.Tensor], codebooks: list[torch.Tensor], codes_orig: list[torch.Tensor],

@@ -29,6 +29,7 @@ from vqinc.model.adapt import scratch_model, vqify
 from vqinc.model.checkpoint import save_checkpoint
 from vqinc.model.config import ArchConfig, VQConfig
 from vqinc.model.data import Dataset, accuracy, load_dataset, macro_f1, pretrain_texts
+from vqinc.model.positions import jittered_positions, pad_positions, positions_after_edit
 from vqinc.model.stability import edited_batch, stability_loss
 from vqinc.model.transformer import VQTransformer
 
@@ -77,6 +78,10 @@ class TrainConfig:
     """Softness of the stability cross-entropy (see `vqinc.model.stability.stability_loss`)."""
     edit_max_tokens: int = 20
     """Largest span (tokens) an edit inserts or deletes during stability training."""
+    position_jitter: float = 0.0
+    """RoPE: label-invariant training (model/positions.py): the fraction of token boundaries that get a
+    deletion gap, and another that start a squeezed insertion, in every training row; edited copies of
+    the stability loss are labelled as the runtime labels them. 0: positions 0, 1, 2, ..."""
     pretrain_corpus: str | None = None
     """Causal-LM pretraining of a scratch model on long text before the teacher: comma-separated
     "pep_types" / "rotten_tomatoes" (train splits only), "stdlib" (this Python's own library sources),
@@ -407,22 +412,34 @@ def _finetune(name: str, model: VQTransformer, cfg: TrainConfig, train_data: Tok
         return _doc_batches(train_data, cfg.batch_size, cfg.max_len, random.Random(cfg.seed * 1000 + epoch),
                             cfg.random_windows)
 
+    jitter = cfg.position_jitter > 0 and cfg.positions == "rope"
+
     def step_loss(batch, step):
         rows, y = batch
         y = y.to(dev)
         ids, mask = (t.to(dev) for t in pad_batch(rows, bos, cfg.max_len))
         logs = {}
+        pos, row_pos = None, []
+        if jitter:
+            prng = random.Random(cfg.seed * 104729 + step)
+            row_pos = [jittered_positions(min(len(r) + 1, cfg.max_len), prng, cfg.position_jitter) for r in rows]
+            pos = pad_positions(row_pos, ids.shape[1]).to(dev)
         if stable:
             with torch.no_grad(), _codebooks_frozen(model):
-                orig_codes = model(ids, mask).codes
+                orig_codes = model(ids, mask, pos).codes
             eb = edited_batch(rows, bos, random.Random(cfg.seed * 7919 + step), cfg.edit_max_tokens, cfg.max_len)
             ids, mask, source = eb.ids.to(dev), eb.mask.to(dev), eb.source.to(dev)
-        out = model(ids, mask)
+            if jitter:  # the edited copy labelled as the runtime would label it
+                lengths = eb.mask.sum(1).tolist()
+                row_pos = [p if e is None else positions_after_edit(p, e.start, e.delete, len(e.insert))[:n]
+                           for p, e, n in zip(row_pos, eb.edits, lengths, strict=True)]
+                pos = pad_positions(row_pos, ids.shape[1]).to(dev)
+        out = model(ids, mask, pos)
         loss = F.cross_entropy(out.logits, y, weight=class_weight)
         logs["acc"] = float((out.logits.argmax(-1) == y).float().mean())
         if teacher is not None:
             with torch.no_grad():
-                t_logits = teacher(ids, mask).logits
+                t_logits = teacher(ids, mask, pos).logits
             tt = cfg.temperature
             kl = F.kl_div(F.log_softmax(out.logits / tt, -1), F.log_softmax(t_logits / tt, -1),
                           log_target=True, reduction="batchmean") * tt * tt

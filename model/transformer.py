@@ -194,11 +194,18 @@ class VQTransformer(nn.Module):
         last = mask.long().sum(-1) - 1  # (B,)
         return hidden[torch.arange(hidden.shape[0]), last]
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> ForwardOutput:
-        """ids (B, T) int64 with BOS first, right-padded; mask (B, T) bool (True = token)."""
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> ForwardOutput:
+        """ids (B, T) int64 with BOS first, right-padded; mask (B, T) bool (True = token); `positions`
+        (B, T) float, strictly increasing per row: what RoPE sees (label-invariant training,
+        model/positions.py; default 0, 1, 2, ...)."""
         if mask is None:
             mask = torch.ones_like(ids, dtype=torch.bool)
-        positions = torch.arange(ids.shape[-1], device=ids.device).expand_as(ids)
+        if positions is None:
+            positions = torch.arange(ids.shape[-1], device=ids.device).expand_as(ids)
+        elif self.cfg.positions != "rope":
+            raise ValueError(f"positions= is for RoPE models (label-invariant training); this one has "
+                             f"positions {self.cfg.positions!r}")
         x = self.embed(ids, positions)
         codes, attns, vq_loss = [], [], x.new_zeros(())
         attention = fused_causal_attention if self.training else causal_attention

@@ -277,3 +277,14 @@ def test_train_cli_runs_on_cpu_with_every_new_flag(tmp_path, capsys):
     assert f"checkpoint: {tmp_path / 'cli' / 'checkpoint'}" in out and '"majority_baseline"' in out
     info = json.loads((tmp_path / "cli" / "checkpoint" / "config.json").read_text())["info"]["train_config"]
     assert info["device"] == "cpu" and info["stability_weight"] == 0.5 and info["pretrain_corpus"] == str(corpus)
+
+
+def test_label_invariant_training_runs_and_keeps_accuracy(tmp_path):
+    """`position_jitter` (RoPE): teacher and student trained on gapped and squeezed positions, the
+    stability loss on edited copies labelled as the runtime labels them; the student still classifies."""
+    from vqinc.model.train import train
+
+    info = train(_cfg(tmp_path, "jitter", positions="rope", position_jitter=0.1, stability_weight=1.0))
+    assert info["student"]["accuracy"] >= 0.7
+    logs = json.loads((tmp_path / "jitter" / "metrics.json").read_text())["student_losses"]
+    assert len(logs["stab"]) == len(logs["loss"]) > 0
