@@ -1,12 +1,14 @@
 """RoPE position labels on real edits: rows re-attended per inserted token, relabelling, and the drift of
 a labelled document from a contiguous fresh build (issue 19 item 1).
 
-One RoPE checkpoint exported twice, with labels (the default, position_scale 2^16) and without (1):
-real PEP edits (atomic hunks, or keystrokes) applied to a window of n tokens of each document, one
-document per model. Per edit: rows recomputed by `attend` per layer over the rows after the edit point,
-per inserted token; rows relabelled; MACs saved. Every `--check-every` edits the labelled document is
-compared with (a) a fresh build of its text with the same labels (the invariant: codes identical,
-logits within 1e-4) and (b) a contiguous fresh build (the drift labels cost: max |dlogit|, same label).
+One RoPE checkpoint exported twice, with labels (the default, position_scale 2^16) and without (1): real
+PEP edits (atomic hunks, or keystrokes) applied to a window of n tokens of each document, one document
+per model. Per edit: the later rows whose q, k were recomputed in layer 0 because their RoPE position
+changed (what labels remove); rows recomputed by `attend` per layer over the rows after the edit point,
+per inserted token (what the model's code stability decides); rows relabelled; MACs saved. Every
+`--check-every` edits the labelled document is compared with (a) a fresh build of its text with the same
+labels (the invariant: codes identical, logits within 1e-4) and (b) a contiguous fresh build (the drift
+labels cost: max |dlogit|, same label).
 
     python -m benchmarks.position_labels LABELLED_DIR PLAIN_DIR [--n 512] [--docs 4] [--edits 300] [--keystroke]
 """
@@ -51,8 +53,7 @@ def run(args) -> dict:
     docs = workload(lab, args.trace, args.n, args.docs, args.edits, args.keystroke)
     rows = {"labelled": [], "plain": []}
     checks = []
-    bar = progress(total=sum(len(e) for _, _, e in docs), desc="edits", unit="edit")
-    for doc_id, text, edits in docs:
+    for doc_id, text, edits in progress(docs, total=len(docs), desc="documents"):
         d_lab, d_plain = lab.document(text), plain.document(text)
         for k, (a, b, piece) in enumerate(edits):
             row = 1 + len(lab.tokenizer.encode(d_lab.text[:a], add_special_tokens=False).ids)
@@ -62,7 +63,9 @@ def run(args) -> dict:
                 except ValueError:  # the window outgrew the model
                     continue
                 r = reattended(s, row, len(d.token_ids) + 1)
-                rows[name].append({"doc": doc_id, "reattended": r, "relabelled": s.relabelled,
+                later = len(d.token_ids) + 1 - row - s.n_insert
+                moved = (s.rows["embed_qkv"][0] - s.n_insert) / later if later > 0 else None
+                rows[name].append({"doc": doc_id, "reattended": r, "qkv_moved": moved, "relabelled": s.relabelled,
                                    "compacted": s.compacted, "saved": savings(s.full_macs, s.macs)})
             if (k + 1) % args.check_every == 0 or k == len(edits) - 1:
                 same = lab.document(d_lab.text, positions=d_lab.positions)
@@ -77,14 +80,15 @@ def run(args) -> dict:
                     "drift_code_flips_frac": float((contiguous.codes != d_lab.codes).mean()),
                     "max_position_offset": float(np.abs(p - np.arange(1, len(p) + 1)).max()),
                 })
-            bar.update()
-    bar.close()
     out = {"meta": {"argv": sys.argv, "labelled": str(args.labelled), "plain": str(args.plain),
                     "position_scale": lab.spec.position_scale, "n": args.n, "keystroke": args.keystroke,
                     "loadavg": os.getloadavg()}, "rows": rows, "checks": checks, "summary": {}}
     for name, rs in rows.items():
         ra = [r["reattended"] for r in rs if r["reattended"] is not None]
-        out["summary"][name] = {"edits": len(rs), "reattended_per_token_median": _q(ra, 0.5),
+        mv = [r["qkv_moved"] for r in rs if r["qkv_moved"] is not None]
+        out["summary"][name] = {"edits": len(rs), "layer0_qkv_of_later_rows_median": _q(mv, 0.5),
+                                "layer0_qkv_of_later_rows_p90": _q(mv, 0.9),
+                                "reattended_per_token_median": _q(ra, 0.5),
                                 "reattended_per_token_p90": _q(ra, 0.9),
                                 "relabelled_total": sum(r["relabelled"] for r in rs),
                                 "compactions": sum(r["compacted"] for r in rs),
