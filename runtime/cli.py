@@ -93,6 +93,9 @@ def _check_export_paths(checkpoint: str, out_dir: str) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    s = a.position_scale
+    if s is not None and not (1 <= s <= 1 << 20 and s & (s - 1) == 0):
+        raise ValueError(f"--position-scale must be a power of two in [1, 2^20], got {s}")
     _check_export_paths(a.checkpoint, a.out_dir)
     _need_export_extra()
     from vqinc.export.command import export_command

@@ -130,6 +130,9 @@ def test_export_paths_are_checked_before_any_work(exported, tmp_path, capsys, mo
         assert main(["export", str(src), str(out)]) == 2
         one_line_error(capsys, "export", match)
     assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
+    for bad in ("3", "0", str(1 << 21)):
+        assert main(["export", str(ck), str(tmp_path / "out"), "--position-scale", bad]) == 2
+        one_line_error(capsys, "export", r"--position-scale must be a power of two")
 
 
 def test_load_checkpoint_names_the_cause(tmp_path):
