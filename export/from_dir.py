@@ -78,12 +78,13 @@ def _initializers_by_param(proto: onnx.ModelProto, names: list[str]) -> dict:
 def _check_against_full(model: VQTransformer, tok: Tokenizer, root: Path, man) -> None:
     import onnxruntime as ort
 
+    from vqinc.runtime.engine.labels import fresh_labels
     from vqinc.runtime.ort.sessions import check_threads, session_options
 
     ids = np.asarray([man.spec.bos_token_id, *tok.encode(CHECK_TEXT, add_special_tokens=False).ids], np.int64)
     sess = ort.InferenceSession(str(root / man.full_graph.file), sess_options=session_options(check_threads(None)),
                                 providers=["CPUExecutionProvider"])
-    feeds = {"ids": ids, "positions": np.arange(len(ids), dtype=np.int64) * man.spec.position_scale}
+    feeds = {"ids": ids, "positions": fresh_labels(len(ids), man.spec.position_scale)}
     names = {i.name for i in sess.get_inputs()}  # full.onnx takes positions since position labels
     logits, codes = sess.run(None, {k: v for k, v in feeds.items() if k in names})
     out = model(torch.from_numpy(ids)[None])

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tokenizers import Tokenizer
 
+from vqinc.runtime.engine.labels import fresh_labels
 from vqinc.runtime.engine.propagate import EditStats, Engine
 from vqinc.runtime.format.manifest import Manifest, ModelDirError, load_manifest
 from vqinc.runtime.format.spec import ModelSpec
@@ -186,7 +187,7 @@ class Model:
         document's): (logits (1, C), codes (L, n, H))."""
         ids = np.asarray(ids, np.int64)
         if positions is None:
-            positions = np.arange(len(ids), dtype=np.int64) * self.spec.position_scale
+            positions = fresh_labels(len(ids), self.spec.position_scale)
         logits, codes = self.executor.run("full", ids=ids, positions=np.asarray(positions, np.int64))
         return logits, codes
 

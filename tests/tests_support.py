@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vqinc.runtime.engine.labels import fresh_labels
+
 TEST_DATA = Path(__file__).resolve().parent / "data"
 """The suite's sample of the PEP data sets (tests/data/README.md): edit histories and labelled PEP bodies."""
 PEP_REVISIONS = TEST_DATA / "pep-revisions.jsonl.gz"
@@ -74,9 +76,8 @@ def _run_full(model, ids, positions=None) -> tuple[np.ndarray, np.ndarray]:
     """full.onnx on `ids` (BOS excluded) at `positions` (one label per token; default a fresh document's)."""
     session = _full_session(model)
     ids = np.asarray([model.bos_token_id, *ids], np.int64)
-    if positions is None:
-        positions = np.arange(1, len(ids), dtype=np.int64) * model.spec.position_scale
-    feeds = {"ids": ids, "positions": np.asarray([0, *positions], np.int64)}
+    labels = fresh_labels(len(ids), model.spec.position_scale) if positions is None else np.asarray([0, *positions])
+    feeds = {"ids": ids, "positions": labels.astype(np.int64)}
     names = {i.name for i in session.get_inputs()}
     logits, codes = session.run(["logits", "codes"], {k: v for k, v in feeds.items() if k in names})
     return logits[0], codes
