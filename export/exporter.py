@@ -6,7 +6,6 @@ manifest.json (I/O names, multiply-accumulates, fingerprint, size and sha256 of 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from tqdm import tqdm
 
 from vqinc.export import stage_modules
 from vqinc.export.attend import attend_graph, refine_graph
-from vqinc.model.checkpoint import load_checkpoint
+from vqinc.model.checkpoint import load_checkpoint, weights_sha256
 from vqinc.model.transformer import VQTransformer
 from vqinc.runtime.format.atomic import replacing_dir
 from vqinc.runtime.format.manifest import (
@@ -32,14 +31,6 @@ from vqinc.runtime.format.manifest import (
 )
 from vqinc.runtime.format.spec import ModelSpec
 from vqinc.runtime.format.stages import STAGES, stage_macs
-
-
-def weights_sha256(model: VQTransformer) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def graph_specs(spec: ModelSpec, full_graph: bool = True) -> dict[str, GraphSpec]:

@@ -5,6 +5,7 @@ Everything the exporter needs sits in one directory; nothing refers back to the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,15 @@ from vqinc.model.transformer import VQTransformer
 from vqinc.runtime.format.atomic import replacing_dir
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
+
+
+def weights_sha256(model: VQTransformer) -> str:
+    """Hash of every tensor of the state dict, by name: the weights half of a manifest's fingerprint."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_checkpoint(model: VQTransformer, tokenizer: Tokenizer, out_dir: str | Path,

@@ -133,3 +133,37 @@ def stability_loss(attn: list[torch.Tensor], codebooks: list[torch.Tensor], code
         logits = -d2 / (scale[None, :, None] * temperature)
         total = total + F.cross_entropy(logits.flatten(0, 1), target.flatten())
     return total / len(attn)
+
+
+def code_usage_loss(attn: list[torch.Tensor], codebooks: list[torch.Tensor], mask: torch.Tensor,
+                    floor_bits: float, temperature: float = 1.0) -> tuple[torch.Tensor, float]:
+    """The guard against collapse: penalise every head whose codes, over the batch, carry < `floor_bits`.
+
+    The stability loss alone is satisfied by mapping every row of a head to one code (nothing can flip,
+    nothing is encoded: the bundled model's layers 2-3 went that way). Per layer and head this takes the
+    batch's soft code assignments (the same scaled distances as `stability_loss`), their marginal
+    distribution over the K codes, and its entropy H in bits; the loss is mean(relu(floor - H)). Returns
+    the loss and the smallest H (bits) of any head, for the progress bar.
+    """
+    total, lowest = attn[0].new_zeros(()), float("inf")
+    for a, cb in zip(attn, codebooks, strict=True):
+        x = a[mask].float()  # (N, H, dh)
+        d2 = ((x * x).sum(-1, keepdim=True) - 2 * torch.einsum("nhd,hkd->nhk", x, cb) + (cb * cb).sum(-1)[None])
+        scale = d2.detach().min(-1).values.clamp(min=0).mean(0).clamp(min=1e-6)
+        p = torch.softmax(-d2 / (scale[None, :, None] * temperature), -1).mean(0)  # (H, K)
+        bits = -(p * torch.log2(p.clamp(min=1e-12))).sum(-1)  # (H,)
+        total = total + F.relu(floor_bits - bits).mean()
+        lowest = min(lowest, float(bits.detach().min()))
+    return total / len(attn), lowest
+
+
+def code_counts(codes: list[torch.Tensor], mask: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """(L, H, K) int64: how often each code of each head of each layer occurs at the valid positions."""
+    return torch.stack([torch.stack([torch.bincount(c[mask][:, h].cpu(), minlength=num_codes)
+                                     for h in range(c.shape[-1])]) for c in codes])
+
+
+def entropy_bits(counts: torch.Tensor) -> torch.Tensor:
+    """(..., K) counts -> (...) entropy in bits of each histogram."""
+    p = counts.double() / counts.sum(-1, keepdim=True).clamp(min=1)
+    return -(p * torch.log2(p.clamp(min=1e-300))).sum(-1)

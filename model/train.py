@@ -8,6 +8,7 @@ the stability loss on a randomly edited copy of every document) -> final checkpo
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -29,8 +30,9 @@ from vqinc.model.adapt import scratch_model, vqify
 from vqinc.model.checkpoint import save_checkpoint
 from vqinc.model.config import ArchConfig, VQConfig
 from vqinc.model.data import Dataset, accuracy, load_dataset, macro_f1, pretrain_texts
+from vqinc.model.lora import SCALE, add_lora, has_lora, merge_lora
 from vqinc.model.positions import jittered_positions, pad_positions, positions_after_edit
-from vqinc.model.stability import edited_batch, stability_loss
+from vqinc.model.stability import code_counts, code_usage_loss, edited_batch, entropy_bits, stability_loss
 from vqinc.model.transformer import VQTransformer
 
 PHASES = ("pretrain", "teacher")
@@ -98,6 +100,15 @@ class TrainConfig:
     train_limit: int | None = None
     """Use only the first N training examples (after a seeded shuffle)."""
     test_limit: int | None = None
+    adapter_rank: int = 0
+    """0: fine-tune every weight. R > 0 (a pretrained base): freeze the base and train rank-R deltas of every
+    linear (model/lora.py); the run also writes `adapter/` (model/adapter.py), a few MB that rebuild the
+    same model from the PyPI base (`vqinc adapter build`)."""
+    code_entropy_floor: float = 0.0
+    """Student: bits per head under which the batch's code distribution is penalised (the guard against
+    the stability loss collapsing a layer to one code; model/stability.py `code_usage_loss`). 0: off."""
+    code_entropy_weight: float = 1.0
+    """Weight of that guard."""
     kmeans_batches: int = 8
     seed: int = 0
     threads: int = 2
@@ -190,18 +201,27 @@ def _doc_batches(data: Tokenized, size: int, max_len: int, rng: random.Random | 
 @torch.no_grad()
 def evaluate(model: VQTransformer, tok: Tokenizer, ds: Dataset, cfg: TrainConfig, examples=None,
              data: Tokenized | None = None) -> dict[str, float]:
-    """Accuracy and macro-F1 on the first `max_len` tokens of each test (or given) example."""
+    """Accuracy and macro-F1 on the first `max_len` tokens of each test (or given) example; for a VQ
+    model also the entropy (bits) of each layer's code histogram per head: its smallest head and mean."""
     model.eval()
     if data is None:
         data = tokenize_split(tok, examples if examples is not None else ds.test, ds.labels)
     dev = next(model.parameters()).device
-    preds, gold = [], []
+    preds, gold, counts = [], [], None
     for rows, y in _doc_batches(data, max(1, EVAL_TOKENS // cfg.max_len), cfg.max_len, None, False):
         ids, mask = pad_batch(rows, model.cfg.arch.bos_token_id, cfg.max_len)
-        preds += model(ids.to(dev), mask.to(dev)).logits.argmax(-1).tolist()
+        out = model(ids.to(dev), mask.to(dev))
+        preds += out.logits.argmax(-1).tolist()
         gold += y.tolist()
-    return {"accuracy": accuracy(gold, preds), "macro_f1": macro_f1(gold, preds, len(ds.labels)),
-            "n": len(gold)}
+        if out.codes:
+            c = code_counts(out.codes, mask.to(dev), model.cfg.vq.num_codes)
+            counts = c if counts is None else counts + c
+    scores = {"accuracy": accuracy(gold, preds), "macro_f1": macro_f1(gold, preds, len(ds.labels)), "n": len(gold)}
+    if counts is not None:
+        bits = entropy_bits(counts)  # (L, H)
+        scores["code_bits_min"] = [round(float(b), 3) for b in bits.min(-1).values]
+        scores["code_bits_mean"] = [round(float(b), 3) for b in bits.mean(-1)]
+    return scores
 
 
 def majority_baseline(ds: Dataset) -> dict[str, Any]:
@@ -244,14 +264,19 @@ def build_base(cfg: TrainConfig, ds: Dataset, tokenizer: Tokenizer | None = None
         if tok is None:
             raise FileNotFoundError(f"{cfg.base}: no tokenizer.json beside the model")
     model = vqify(hf, ds.labels, cfg.positions, vq, cfg.pooling, cfg.num_layers)
+    if cfg.adapter_rank:
+        add_lora(model, cfg.adapter_rank, cfg.seed)
     return model, tok
 
 
 def with_vq(model: VQTransformer, enabled: bool) -> VQTransformer:
-    """A copy of `model` whose config has VQ switched on/off (same weights and codebooks, same device)."""
+    """A copy of `model` whose config has VQ switched on/off (same weights, codebooks, device and
+    low-rank parametrisations)."""
     cfg = replace(model.cfg, vq=replace(model.cfg.vq, enabled=enabled))
-    other = VQTransformer(cfg).to(next(model.parameters()).device)
-    other.load_state_dict(model.state_dict())
+    other = copy.deepcopy(model)
+    other.cfg = cfg
+    for block in other.layers:
+        block.cfg = cfg
     return other
 
 
@@ -452,6 +477,11 @@ def _finetune(name: str, model: VQTransformer, cfg: TrainConfig, train_data: Tok
             flips = [((o.gather(1, source.clamp(min=0)[..., None].expand(-1, -1, o.shape[-1])) != c).any(-1)
                       & (source >= 0)).sum() for o, c in zip(orig_codes, out.codes, strict=True)]
             logs["flip"] = float(sum(flips)) / max(1, int((source >= 0).sum()) * len(flips))
+        if teacher is not None and cfg.code_entropy_floor > 0:
+            guard, lowest = code_usage_loss(out.attn, [b.vq.codebook for b in model.layers], mask,
+                                            cfg.code_entropy_floor, cfg.stability_temperature)
+            loss = loss + cfg.code_entropy_weight * guard
+            logs["bits"] = lowest
         return loss, logs
 
     return _run_phase(name, model, cfg, int(steps_per_epoch * epochs), steps_per_epoch, batches, step_loss,
@@ -487,6 +517,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ValueError(f"stop_after {cfg.stop_after!r} not in {PHASES}")
     if cfg.pretrain_corpus and cfg.base != "scratch":
         raise ValueError("pretrain_corpus pretrains scratch models only (pretrained bases come pretrained)")
+    if cfg.adapter_rank < 0 or (cfg.adapter_rank and cfg.base == "scratch"):
+        raise ValueError(f"adapter_rank {cfg.adapter_rank}: a rank >= 1 adapts a pretrained base (smollm2 or a "
+                         "local HF directory), not a scratch model; 0: off")
     dev = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -552,6 +585,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         metrics["student_losses"] = _finetune("student", student, cfg, train_data, len(ds.labels),
                                               cfg.student_epochs, out, dev, teacher=teacher)
         torch.save(student.state_dict(), student_path)
+    deltas = merge_lora(student) if has_lora(student) else None  # what ships: the merged weights
     metrics["student"] = evaluate(student, tok, ds, cfg, data=test_data)
     info = {"train_config": asdict(cfg), "dataset": ds.name, "num_train": len(ds.train), "num_test": len(ds.test),
             "teacher": metrics["teacher"], "student": metrics["student"],
@@ -559,4 +593,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "majority_baseline": metrics["majority_baseline"]}
     save_metrics()
     save_checkpoint(student.eval(), tok, out / "checkpoint", info)
+    if deltas is not None:
+        from vqinc.model.adapter import write_adapter
+
+        write_adapter(student, deltas, SCALE, cfg.base, out / "adapter", info)
     return info

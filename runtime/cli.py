@@ -104,6 +104,27 @@ def cmd_export(a: argparse.Namespace) -> int:
                           position_scale=a.position_scale)
 
 
+def cmd_adapter(a: argparse.Namespace) -> int:
+    """`vqinc adapter build ADAPTER OUT_DIR`: PyPI base + adapter -> an exported, verified model directory."""
+    src = Path(a.adapter)
+    if not src.is_dir():
+        raise ValueError(f"{src}: no such adapter directory (adapter.json + adapter.safetensors)")
+    _check_export_paths(str(src), a.out_dir)
+    _need_export_extra()
+    import tempfile
+
+    from vqinc.export.command import export_command
+    from vqinc.model.adapter import build_from_adapter, read_meta
+
+    read_meta(src)  # a bad adapter fails before the base loads
+    out = Path(a.out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.checkpoint-", dir=out.parent) as tmp:
+        ckpt = build_from_adapter(src, Path(tmp) / "checkpoint")
+        print(f"rebuilt {ckpt.name} from {src} (weights identical to the trained model's)")
+        return export_command(str(ckpt), str(out), verify=not a.no_verify)
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from vqinc.runtime.info import describe
     from vqinc.runtime.model_dir import default_model_dir
@@ -318,6 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write decoder.onnx, a standard past-KV decoder (the prefix-KV baseline); attention "
                         "kind, default auto: ORT's GroupQueryAttention where it applies")
     e.set_defaults(fn=cmd_export)
+
+    ad = sub.add_parser("adapter", help="rebuild a model from its PyPI base + a small adapter (needs the export "
+                                        "extra)")
+    ad_sub = ad.add_subparsers(dest="action", required=True)
+    adb = ad_sub.add_parser("build", help="adapter directory -> exported, verified model directory (prints its "
+                                          "fingerprint)")
+    adb.add_argument("adapter", help="e.g. model/adapters/smollm2-pep")
+    adb.add_argument("out_dir", help="e.g. models/smollm2-pep")
+    adb.add_argument("--no-verify", action="store_true", help="skip checking the graphs against PyTorch")
+    adb.set_defaults(fn=cmd_adapter)
 
     i = sub.add_parser("info", help="what a model directory holds")
     i.add_argument("model_dir", nargs="?", help="default: the bundled model")

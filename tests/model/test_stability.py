@@ -10,7 +10,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vqinc.model.stability import TokenEdit, edited_batch, random_edit, stability_loss
+from vqinc.model.stability import (
+    TokenEdit,
+    code_counts,
+    code_usage_loss,
+    edited_batch,
+    entropy_bits,
+    random_edit,
+    stability_loss,
+)
 
 
 @given(st.lists(st.integers(1, 50), min_size=2, max_size=120), st.integers(0, 10_000), st.integers(1, 25))
@@ -288,3 +296,28 @@ def test_label_invariant_training_runs_and_keeps_accuracy(tmp_path):
     assert info["student"]["accuracy"] >= 0.7
     logs = json.loads((tmp_path / "jitter" / "metrics.json").read_text())["student_losses"]
     assert len(logs["stab"]) == len(logs["loss"]) > 0
+
+
+def test_code_usage_loss_penalises_a_collapsing_head_and_not_a_spread_one() -> None:
+    torch.manual_seed(0)
+    cb = torch.randn(2, 8, 4)  # (H, K, dh)
+    mask = torch.ones(1, 64, dtype=torch.bool)
+    spread = cb[:, torch.arange(64) % 8].transpose(0, 1)[None]  # every code used equally: 3 bits per head
+    loss, bits = code_usage_loss([spread], [cb], mask, floor_bits=2.0, temperature=0.01)
+    assert float(loss) == 0.0 and bits > 2.9
+    # 7 rows in 8 on code 0: about 1 bit per head, under the 2-bit floor
+    picks = torch.where(torch.arange(64) % 8 == 0, torch.arange(64) % 7 + 1, 0)
+    collapsing = (cb[:, picks].transpose(0, 1)[None] + 0.1 * torch.randn(1, 64, 2, 4)).requires_grad_()
+    loss, bits = code_usage_loss([collapsing], [cb], mask, floor_bits=2.0)
+    assert bits < 1.5 and float(loss) > 0.4
+    loss.backward()  # differentiable: the guard moves rows toward the unused codes
+    assert float(collapsing.grad.abs().sum()) > 0
+
+
+def test_entropy_bits_of_code_counts() -> None:
+    codes = [torch.tensor([[[0, 1], [1, 1], [2, 1], [3, 1]]])]  # (B=1, T=4, H=2)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    counts = code_counts(codes, mask, num_codes=4)
+    assert counts.shape == (1, 2, 4)
+    bits = entropy_bits(counts)
+    assert bits[0, 0].item() == pytest.approx(2.0) and bits[0, 1].item() == 0.0
