@@ -104,6 +104,10 @@ class TrainConfig:
     """0: fine-tune every weight. R > 0 (a pretrained base): freeze the base and train rank-R deltas of every
     linear (model/lora.py); the run also writes `adapter/` (model/adapter.py), a few MB that rebuild the
     same model from the PyPI base (`vqinc adapter build`)."""
+    probe_init: bool = False
+    """Before the teacher: fit the classifier on the frozen base's pooled features of the training
+    windows (a balanced logistic regression) and start fine-tuning from it (linear probing, then
+    fine-tuning: a random head otherwise spends the first epoch at chance while the base drifts)."""
     code_entropy_floor: float = 0.0
     """Student: bits per head under which the batch's code distribution is penalised (the guard against
     the stability loss collapsing a layer to one code; model/stability.py `code_usage_loss`). 0: off."""
@@ -488,6 +492,50 @@ def _finetune(name: str, model: VQTransformer, cfg: TrainConfig, train_data: Tok
                       out / f"{name}.state.pt", cfg.lr)
 
 
+@torch.no_grad()
+def _pooled(model: VQTransformer, data: Tokenized, cfg: TrainConfig) -> torch.Tensor:
+    """(N, d) pooled final states of each example's first window (the classifier's input)."""
+    dev = next(model.parameters()).device
+    model.train()  # fused attention: the features only initialise a head that is trained further
+    feats = []
+    for rows, _ in tqdm(list(_doc_batches(data, cfg.batch_size, cfg.max_len, None, False)), desc="probe", unit="batch"):
+        ids, mask = (t.to(dev) for t in pad_batch(rows, model.cfg.arch.bos_token_id, cfg.max_len))
+        feats.append(model.pool(model(ids, mask).hidden, mask).float().cpu())
+    model.eval()
+    return torch.cat(feats)
+
+
+def probe_head(model: VQTransformer, train_data: Tokenized, test_data: Tokenized, num_labels: int,
+               cfg: TrainConfig) -> dict[str, Any]:
+    """Set `model.classifier` to a balanced, L2-regularised logistic regression on the base's pooled
+    features (LBFGS, full batch); returns its test scores."""
+    x, xt = _pooled(model, train_data, cfg), _pooled(model, test_data, cfg)
+    y = torch.tensor(train_data.labels)
+    mu, sd = x.mean(0), x.std(0).clamp(min=1e-6)
+    counts = torch.bincount(y, minlength=num_labels).double()
+    weight = (counts.sum() / (num_labels * counts.clamp(min=1))).float()
+    w = torch.zeros(num_labels, x.shape[1], requires_grad=True)
+    b = torch.zeros(num_labels, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, line_search_fn="strong_wolfe")
+    z = (x - mu) / sd
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ w.T + b, y, weight=weight) + 1e-3 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():  # fold the standardisation into the head: logits = W (x - mu) / sd + b
+        head_w = w / sd
+        head_b = b - (head_w * mu).sum(-1)
+        model.classifier.weight.copy_(head_w.to(model.classifier.weight.device))
+        model.classifier.bias.copy_(head_b.to(model.classifier.bias.device))
+        pred = (xt @ head_w.T + head_b).argmax(-1).tolist()
+    return {"accuracy": accuracy(test_data.labels, pred), "macro_f1": macro_f1(test_data.labels, pred, num_labels),
+            "n": len(pred)}
+
+
 def _freeze(model: VQTransformer, cfg: TrainConfig) -> VQTransformer:
     if cfg.freeze_embeddings:
         model.embed_tokens.weight.requires_grad_(False)
@@ -562,6 +610,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if teacher_path.exists():
         model.load_state_dict(torch.load(teacher_path, map_location=dev))
     else:
+        probe_path = out / "probe.pt"
+        if cfg.probe_init and probe_path.exists():
+            model.classifier.load_state_dict(torch.load(probe_path, map_location=dev))
+        elif cfg.probe_init and not (out / "teacher.state.pt").exists():
+            metrics["probe"] = probe_head(model, train_data, test_data, len(ds.labels), cfg)
+            torch.save(model.classifier.state_dict(), probe_path)
+            save_metrics()
         metrics["teacher_losses"] = _finetune("teacher", _freeze(model, cfg), cfg, train_data, len(ds.labels),
                                               cfg.teacher_epochs, out, dev)
         torch.save(model.state_dict(), teacher_path)

@@ -71,9 +71,11 @@ def trained(tmp_path_factory) -> Path:
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = TrainConfig(dataset=str(data), base=str(base), out=str(root / "run"), positions="rope", num_codes=8,
                       max_len=16, batch_size=8, teacher_epochs=1, student_epochs=1, lr=1e-2, adapter_rank=2,
-                      stability_weight=1.0, code_entropy_floor=2.0, kmeans_batches=1, threads=1, save_every=1000)
+                      stability_weight=1.0, code_entropy_floor=2.0, probe_init=True, kmeans_batches=1, threads=1,
+                      save_every=1000)
     info = train(cfg)
     assert info["num_test"] > 0
+    assert 0 <= json.loads((root / "run" / "metrics.json").read_text())["probe"]["accuracy"] <= 1
     assert info["student"]["code_bits_min"] and len(info["student"]["code_bits_mean"]) == 2
     return root / "run"
 
