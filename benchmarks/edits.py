@@ -51,6 +51,8 @@ BASELINES = ("prefix_kv", "ort_full", "torch_prefix_kv", "torch_full")
 LABELS = {"vqinc": "vqinc", "prefix_kv": "prefix-KV (ORT decoder)", "ort_full": "ORT full",
           "torch_prefix_kv": "PyTorch prefix-KV", "torch_full": "PyTorch full"}
 AGREE_TOL = 1e-3
+FLOAT32_TIE = 1e-5
+"""A code margin below this fraction of |o| (about 100 float32 ulps) is a tie a float32 graph may call either way."""
 QUICK = {"windows": [128, 1024], "docs": 2, "edits": 12, "keystrokes": 30, "torch_every": 5, "warmup": 1}
 
 
@@ -187,12 +189,38 @@ def run_document(model, decoder, torch_model, text, edits, args, n_tokens) -> tu
                 lf, row["torch_full_ms"] = _timed(t_full.run, ids)
                 row["dlogit"]["torch_prefix_kv"] = float(np.abs(lp - logits_full).max())
                 row["dlogit"]["torch_full"] = float(np.abs(lf - logits_full).max())
+            if row["dlogit"]["vqinc"] > AGREE_TOL and hasattr(doc, "state"):  # a plain Document
+                row["disagreement"] = _diagnose(model, doc)  # untimed
             rows.append(row)
             peak = max(peak, doc.nbytes())
             prev = ids
     finally:
         gc.enable()
     return rows, peak, skipped
+
+
+def _diagnose(model: Model, doc) -> dict:
+    """Why vqinc and full.onnx disagree on an edit: is the document still equal to a fresh build of its
+    text (same labels), and how close to a tie was the first code full.onnx decides otherwise? full.onnx
+    runs in float32, so where a code's margin (the engine's float64 lower bound on its distance to the
+    cell's edge, relative to |o|) is below float32's resolution it may pick the neighbouring code; the
+    engine settles such ties by one canonical float64 computation, the same in a fresh build."""
+    fresh = model.document_ids(doc.token_ids, positions=doc.positions if model.spec.labelled else None)
+    ids = np.concatenate([[model.bos_token_id], doc.token_ids]).astype(np.int64)
+    labels = np.concatenate([[0], doc.positions]).astype(np.int64) if model.spec.labelled else None
+    _, full_codes = model.run_full(ids, labels)
+    codes = doc.codes
+    out = {"fresh_dlogit": float(np.abs(doc.logits - fresh.logits).max()),
+           "fresh_codes_differ": int((codes != fresh.codes).sum()),
+           "full_codes_differ": int((codes != full_codes).sum())}
+    first = np.argwhere(codes != full_codes)
+    if len(first):
+        layer, row, head = (int(i) for i in first[0])  # layers first, then position: the cause, not its echo
+        st = doc.state
+        L, slot = st.layers[layer], st.order[row]
+        out["first"] = {"layer": layer, "row": row, "head": head,
+                        "relative_margin": float(L.margin[head, slot] / max(np.linalg.norm(L.o[head, slot]), 1e-30))}
+    return out
 
 
 def _at_labels(ort_full: OrtFull, doc, contiguous: np.ndarray) -> np.ndarray:
@@ -278,6 +306,12 @@ def summarize(rows: list[dict], one_token: int) -> dict:
     s["macs_x_vs_prefix_kv"] = _stat([savings(r["prefix_kv_macs"], r["vqinc_macs"]) for r in rows])
     s["edit_amplification"] = _stat([r["vqinc_macs"] / one_token for r in rows])
     s["near_ties"] = int(sum(r["near_ties"] for r in rows))
+    diag = [r["disagreement"] for r in rows if "disagreement" in r]
+    s["disagreements_explained"] = {
+        "edits": len(diag),
+        "equal_to_fresh_build": sum(d["fresh_codes_differ"] == 0 and d["fresh_dlogit"] <= 1e-4 for d in diag),
+        "first_code_below_float32": sum(d.get("first", {}).get("relative_margin", 1.0) < FLOAT32_TIE for d in diag),
+        "largest_relative_margin": max((d["first"]["relative_margin"] for d in diag if "first" in d), default=None)}
     s["by_kind"] = {kind: {"edits": len(rs), "vqinc_ms": _stat([r["vqinc_ms"] for r in rs]),
                            "x_vs_prefix_kv": _stat([r["prefix_kv_ms"] / r["vqinc_ms"] for r in rs]),
                            "macs_x_vs_full": _stat([savings(r["full_macs"], r["vqinc_macs"]) for r in rs])}
@@ -328,6 +362,12 @@ def markdown(results: dict) -> str:
                 parts = [f"{c} {s['max_dlogit_vs_ort_full'][c]:.1e} ({s['disagreements'][c]})"
                          for c in s["max_dlogit_vs_ort_full"]]
                 lines.append(f"- {mode}, n={n}: " + ", ".join(parts))
+                e = s.get("disagreements_explained")
+                if e and e["edits"]:
+                    lines.append(f"  - vqinc's {e['edits']} disagreements: {e['equal_to_fresh_build']} equal to a "
+                                 f"fresh build (codes identical, logits within 1e-4); in {e['first_code_below_float32']}"
+                                 f" the first code full.onnx decides otherwise is a tie float32 cannot resolve (margin "
+                                 f"< {FLOAT32_TIE:.0e} |o|; largest {e['largest_relative_margin']:.1e})")
     m = results["meta"]
     lines += ["", f"Conditions: onnxruntime {m['onnxruntime']} on {', '.join(m['providers'])}, "
               f"sessions {m.get('sessions', '?')}; engine kernels {m.get('kernels', '?')}; "

@@ -7,7 +7,8 @@
   cold         the first 10 keystrokes of a fresh process against keystrokes 50..110
   memory       a document's state against a float32 KV cache of the same document
 
-Usage: python -m benchmarks.engine_parts [--n 1024] [--out DIR]   (quiet machine; ~1 minute)
+Usage: python -m benchmarks.engine_parts [--model-dir DIR] [--n 1024] [--parts memory ...] [--out DIR]
+(quiet machine; ~1 minute for the bundled model)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +88,26 @@ def rebuild(model: Model, texts: list[str]) -> dict:
 
 
 def memory(model: Model, texts: list[str]) -> dict:
+    """State bytes over a float32 KV cache of the same tokens, in total and per array (all layers
+    summed, capacity included): what a smaller state would have to drop."""
     s = model.spec
-    ratios = []
+    ratios, parts, tokens = [], {}, []
     for t in texts:
         d = model.document(t)
+        tokens.append(int(d.state.n))
         kv = d.state.n * s.num_layers * 2 * s.num_kv_heads * s.head_dim * 4
         ratios.append(d.nbytes() / kv)
-    return {"state_over_kv_cache": [round(r, 3) for r in ratios]}
+        st = d.state
+        for name in [f.name for f in fields(st.layers[0])]:
+            parts.setdefault(name, []).append(sum(getattr(layer, name).nbytes for layer in st.layers) / kv)
+        for name in ("y", "ids", "order", "pos", "labels"):
+            parts.setdefault(name, []).append(getattr(st, name).nbytes / kv)
+    return {"tokens": tokens,
+            "state_over_kv_cache": [round(r, 3) for r in ratios],
+            "per_array_over_kv_cache": {k: round(float(np.median(v)), 3) for k, v in parts.items()}}
+
+
+PARTS = ("cold", "attend", "lazy", "rebuild", "memory")
 
 
 def main(argv=None) -> int:
@@ -101,6 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     p.add_argument("--n", type=int, default=1024)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                   help="which parts to measure (default: all; `--parts memory` takes seconds on any model)")
     a = p.parse_args(argv)
     load = os.getloadavg()
     t0 = time.perf_counter()
@@ -110,18 +127,25 @@ def main(argv=None) -> int:
     texts = [t for _, t, _ in docs]
     _, text, edits = docs[-1]
     keystrokes = [e for e in edits if e[1] - e[0] <= 1 and len(e[2]) <= 1][:110]
-    doc = model.document(text)  # the first document and keystrokes of this process: the cold start
-    ts = []
-    for e in keystrokes:
-        t = time.perf_counter()
-        doc.edit(*e)
-        ts.append((time.perf_counter() - t) * 1e3)
     res = {"meta": {"argv": sys.argv, "fingerprint": model.manifest.fingerprint, "loadavg_before": load,
-                    "providers": model.providers, "cpu_count": os.cpu_count(), "model_load_ms": load_ms},
-           "cold": {"first_10_median_ms": float(np.median(ts[:10])), "first_10_max_ms": float(max(ts[:10])),
-                    "steady_median_ms": float(np.median(ts[50:]))},
-           "attend": attend_vs_refine(model, doc), "lazy": lazy_costs(model, doc),
-           "rebuild": rebuild(model, texts), "memory": memory(model, texts)}
+                    "providers": model.providers, "cpu_count": os.cpu_count(), "model_load_ms": load_ms}}
+    if "cold" in a.parts or "attend" in a.parts or "lazy" in a.parts:
+        doc = model.document(text)  # the first document and keystrokes of this process: the cold start
+        ts = []
+        for e in keystrokes:
+            t = time.perf_counter()
+            doc.edit(*e)
+            ts.append((time.perf_counter() - t) * 1e3)
+        res["cold"] = {"first_10_median_ms": float(np.median(ts[:10])), "first_10_max_ms": float(max(ts[:10])),
+                       "steady_median_ms": float(np.median(ts[50:]))}
+        if "attend" in a.parts:
+            res["attend"] = attend_vs_refine(model, doc)
+        if "lazy" in a.parts:
+            res["lazy"] = lazy_costs(model, doc)
+    if "rebuild" in a.parts:
+        res["rebuild"] = rebuild(model, texts)
+    if "memory" in a.parts:
+        res["memory"] = memory(model, texts)
     res["meta"]["loadavg_after"] = os.getloadavg()
     print(json.dumps(res, indent=1))
     if a.out:

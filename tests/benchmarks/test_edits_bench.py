@@ -78,3 +78,30 @@ def test_headline_table_and_growth_exponents():
     assert fits["keystroke"]["vqinc"]["exponent"] == pytest.approx(1.0)
     assert fits["keystroke"]["prefix_kv"]["exponent"] == pytest.approx(2.0)
     assert fits["keystroke"]["vqinc"]["points"] == 3
+
+
+def test_a_disagreement_is_checked_against_a_fresh_build_and_located(rope_dir, test_providers):
+    """`_diagnose` (run when vqinc and full.onnx disagree): an intact document equals a fresh build and
+    full.onnx; a code written into the state by hand is reported, at its layer, row and head."""
+    model = Model.load(rope_dir, threads=1, providers=test_providers)
+    doc = model.document(TEXT)
+    doc.edit(4, 12, "film")
+    clean = edits._diagnose(model, doc)
+    assert clean == {"fresh_dlogit": 0.0, "fresh_codes_differ": 0, "full_codes_differ": 0}
+    st = doc.state
+    slot = st.order[3]
+    st.layers[1].codes[slot, 0] = (st.layers[1].codes[slot, 0] + 1) % model.spec.num_codes
+    bad = edits._diagnose(model, doc)
+    assert bad["fresh_codes_differ"] == 1 and bad["full_codes_differ"] == 1
+    assert (bad["first"]["layer"], bad["first"]["row"], bad["first"]["head"]) == (1, 3, 0)
+    assert bad["first"]["relative_margin"] >= 0
+    s = edits.summarize([{**r, "disagreement": d} for r, d in zip(_rows(), [clean, bad], strict=True)], one_token=1)
+    assert s["disagreements_explained"]["edits"] == 2 and s["disagreements_explained"]["equal_to_fresh_build"] == 1
+
+
+def _rows() -> list[dict]:
+    """Two minimal benchmark rows (the fields `summarize` reads)."""
+    base = {"kind": "insert", "vqinc_ms": 1.0, "prefix_kv_ms": 2.0, "ort_full_ms": 3.0, "dlogit": {"vqinc": 0.1},
+            "vqinc_macs": 10, "prefix_kv_macs": 20, "full_macs": 40, "tokenize_ms": 0.1, "suffix": 3,
+            "changed_tokens": 1, "near_ties": 0}
+    return [dict(base), dict(base)]
