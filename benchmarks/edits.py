@@ -223,6 +223,10 @@ def _diagnose(model: Model, doc) -> dict:
     return out
 
 
+def _or_nan(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
 def _at_labels(ort_full: OrtFull, doc, contiguous: np.ndarray) -> np.ndarray:
     """What vqinc's logits must equal: ORT full at the document's position labels (untimed; a RoPE model
     exported with labels keeps them through edits), else the contiguous run every contender is held to."""
@@ -365,9 +369,10 @@ def markdown(results: dict) -> str:
                 e = s.get("disagreements_explained")
                 if e and e["edits"]:
                     lines.append(f"  - vqinc's {e['edits']} disagreements: {e['equal_to_fresh_build']} equal to a "
-                                 f"fresh build (codes identical, logits within 1e-4); in {e['first_code_below_float32']}"
-                                 f" the first code full.onnx decides otherwise is a tie float32 cannot resolve (margin "
-                                 f"< {FLOAT32_TIE:.0e} |o|; largest {e['largest_relative_margin']:.1e})")
+                                 "fresh build (codes identical, logits within 1e-4); in "
+                                 f"{e['first_code_below_float32']} the first code full.onnx decides otherwise is a "
+                                 f"tie float32 cannot resolve (margin < {FLOAT32_TIE:.0e} |o|; largest "
+                                 f"{_or_nan(e['largest_relative_margin']):.1e})")
     m = results["meta"]
     lines += ["", f"Conditions: onnxruntime {m['onnxruntime']} on {', '.join(m['providers'])}, "
               f"sessions {m.get('sessions', '?')}; engine kernels {m.get('kernels', '?')}; "

@@ -150,7 +150,8 @@ def test_attend64_matches_the_numpy_float64_path(DH):
     for h in range(H):
         o_ref, m_ref, den_ref = _attention64(layer, h, rows, pos, Spec)
         np.testing.assert_allclose(o[h], o_ref, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(m[h], m_ref, rtol=1e-14, atol=0)
+        # m is a score: its rounding error scales with the scores, not with m (which can be near 0)
+        np.testing.assert_allclose(m[h], m_ref, rtol=0, atol=1e-14 * np.abs(m_ref).max())
         np.testing.assert_allclose(den[h], den_ref, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="not a row"):
         K.attend64(layer.q, layer.k, layer.v, pos, order, np.array([np.setdiff1d(np.arange(cap), live)[0]]),
